@@ -1,0 +1,1 @@
+"""Experiment configs in the big_vision style: `get_config(arg)` per file."""

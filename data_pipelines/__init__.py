@@ -1,0 +1,1 @@
+"""Referring-VOS datasets: raw readers, shard building and grain pipelines."""

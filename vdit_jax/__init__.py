@@ -1,0 +1,1 @@
+"""vdit-jax: VD-IT referring video object segmentation in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Flax NNX modules: the frozen backbone towers and the trainable head."""
