@@ -1,0 +1,194 @@
+"""Pieces shared by every experiment config, and the `get_config(arg)` argument parser.
+
+Numbers cite vdit-original.md (the original VD-IT code, `opts.py` defaults plus the flags its
+scripts pass: --with_box_refine --binary --freeze_text_encoder).
+"""
+
+import ml_collections
+
+# ImageNet statistics the data pipeline normalises with; the backbone undoes them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Where `python -m vdit_jax.convert backbone` writes the converted frozen towers.
+BACKBONE_DIR = "weights/backbone"
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses "tiny" / "tiny,eval_window=8" style config arguments (big_vision's habit).
+
+  A bare word sets a bool default to True; "key=value" casts value to the default's type.
+  Unknown keys are an error, so a typo in `--config=configs/x.py:tnyi` fails loudly.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if not value:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      parsed[key] = True
+    elif isinstance(default, bool):
+      parsed[key] = value.lower() in ("1", "true", "yes")
+    else:
+      parsed[key] = type(default)(value)
+  return parsed
+
+
+def backbone(weights_dir: str = BACKBONE_DIR) -> ml_collections.ConfigDict:
+  """The frozen diffusion feature extractor and its trainable adapters (§2)."""
+  return ml_collections.ConfigDict(dict(
+      weights_dir=weights_dir,
+      # Compute / parameter dtypes of the frozen towers; the original runs fp32.
+      dtype="float32",
+      param_dtype="float32",
+      remat=False,
+      # SD-VAE latent scaling; the original samples the posterior (not its mode).
+      latent_scale=0.18215,
+      sample_latents=True,
+      # The UNet runs once at t=0 (§2.5): add_noise with sqrt(abar_0), sqrt(1 - abar_0).
+      timestep=0,
+      beta_start=0.00085,
+      beta_end=0.012,
+      # Temporal-conv dropout stays active in training, as in the original (§2.1).
+      temporal_dropout=0.1,
+      # VD-IT skips the temporal layers for single-frame inputs (§2.9).
+      skip_temporal_if_single_frame=True,
+      # Text-guided image projection (§2.6): 16-head bias-free cross attention + FFN.
+      fusion_heads=16,
+      fusion_ffn_dim=512,
+      fusion_ln_eps=1e-6,
+      clip_max_length=77,
+      # Channels of the 4-level pyramid after act_postprocess (strides 4, 8, 16, 32).
+      pyramid_channels=(128, 256, 512, 1024),
+  ))
+
+
+def head() -> ml_collections.ConfigDict:
+  """The SgMg / ReferFormer-style segmentation head (§3.1)."""
+  return ml_collections.ConfigDict(dict(
+      hidden_dim=256,
+      num_queries=5,
+      num_classes=1,
+      enc_layers=4,
+      dec_layers=4,
+      nheads=8,
+      dim_feedforward=2048,
+      dropout=0.1,
+      num_feature_levels=4,
+      enc_n_points=4,
+      dec_n_points=4,
+      with_box_refine=True,
+      aux_loss=True,
+      mask_dim=256,
+      controller_layers=2,
+      dynamic_mask_channels=16,
+      rel_coord=True,
+      text_dropout=0.1,
+      text_ln_eps=1e-12,
+  ))
+
+
+def loss() -> ml_collections.ConfigDict:
+  """Matching costs and loss weights (§4); the same weights for all 4 decoder layers."""
+  return ml_collections.ConfigDict(dict(
+      matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, cost_mask=2.0, cost_dice=5.0),
+      weights=dict(ce=2.0, bbox=5.0, giou=2.0, mask=2.0, dice=5.0, mask_low=2.0, dice_low=5.0),
+      focal_alpha=0.25,
+      focal_gamma=2.0,
+  ))
+
+
+def optimizer(lr: float) -> ml_collections.ConfigDict:
+  """AdamW over every trainable parameter, norms and biases included (§5.2)."""
+  return ml_collections.ConfigDict(dict(
+      lr=lr,
+      weight_decay=5e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      grad_clip_norm=0.1,
+  ))
+
+
+def schedule(epochs: int, lr_drops: tuple[int, ...]) -> ml_collections.ConfigDict:
+  """MultiStepLR stepped per epoch: lr x `drop_factor` at each epoch in `lr_drops`."""
+  return ml_collections.ConfigDict(dict(epochs=epochs, lr_drops=lr_drops, drop_factor=0.1))
+
+
+def train_augmentation() -> ml_collections.ConfigDict:
+  """Clip sampling and augmentation ranges of the original (§5.3)."""
+  return ml_collections.ConfigDict(dict(
+      num_frames=5,
+      local_window=3,
+      num_global_frames=2,
+      reverse_prob=0.3,
+      scales=(288, 320, 352, 392, 416, 448, 480, 512),
+      max_size=640,
+      crop_resize_scales=(400, 500, 600),
+      crop_min_size=384,
+      crop_max_size=600,
+      select_prob=0.5,
+      flip_prob=0.5,
+  ))
+
+
+def eval_preprocessing(window: int, size_divisor: int) -> ml_collections.ConfigDict:
+  """Inference resize (§5.3, §7): shorter side 360, frames in windows of `window`."""
+  return ml_collections.ConfigDict(dict(
+      short_side=360,
+      max_size=640,
+      size_divisor=size_divisor,
+      window=window,
+      mask_threshold=0.5,
+  ))
+
+
+def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.ConfigDict:
+  """Fields every config has; callers fill in training and evaluation."""
+  config = ml_collections.ConfigDict()
+  config.seed = seed
+  config.mesh = [("data", -1)]
+  config.data = ml_collections.ConfigDict(dict(
+      dataset=dataset,
+      raw_dir=raw_dir,
+      shards_dir=f"data/shards/{dataset}",
+      format="tfrecord",
+      skip_bad_records=False,
+      worker_count=4,
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+  ))
+  config.model = ml_collections.ConfigDict(dict(backbone=backbone(), head=head()))
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  return config
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The variant tests and the demo use: random tiny towers, synthetic data, a few steps.
+
+  Keeps every field of the full config (so tests exercise the same code paths), shrinking
+  sizes only.
+  """
+  config.data.shards_dir = f"data/synthetic_shards/{config.data.dataset}"
+  config.data.raw_dir = f"data/synthetic/{config.data.dataset}"
+  config.data.worker_count = 0
+  config.model.backbone.weights_dir = ""  # "" = random tiny towers, no converted weights.
+  config.model.head.update(hidden_dim=32, num_queries=2, enc_layers=1, dec_layers=1, nheads=2,
+                           dim_feedforward=64, mask_dim=32, dynamic_mask_channels=8)
+  config.model.backbone.pyramid_channels = (16, 32, 32, 64)
+  if "augmentation" in config.data:
+    config.data.augmentation.update(scales=(64, 72), max_size=96, crop_resize_scales=(80,),
+                                    crop_min_size=64, crop_max_size=80)
+  if "schedule" in config:
+    config.schedule.update(epochs=2, lr_drops=(1,))
+  window = config.eval.preprocessing.window
+  config.eval.preprocessing.update(short_side=64, max_size=96,
+                                   window=min(window, 5) if window else 4)
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  return config

@@ -1,0 +1,22 @@
+r"""JHMDB-Sentences: evaluation of the A2D model (no JHMDB training, as in the paper).
+
+  python -m vdit_jax.main --config=configs/jhmdb.py --workdir=workdirs/a2d --mode=eval
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, tiny=False)
+  config = common.base("jhmdb", raw_dir="data/jhmdb_sentences")
+  config.eval = ml_collections.ConfigDict(dict(
+      split="test",
+      preprocessing=common.eval_preprocessing(window=5, size_divisor=32),
+      iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9),
+      output="jhmdb_predictions",
+  ))
+  if args.tiny:
+    config = common.shrink_to_tiny(config)
+  return config

@@ -1,0 +1,93 @@
+"""The entry point: missing inputs name their path and command; overrides are type-checked."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(tmp_path, *args):
+  cmd = [sys.executable, "-m", "vdit_jax.main", f"--workdir={tmp_path / 'wd'}", *args]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_dataset_names_path_and_command(tmp_path):
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py")
+  assert run.returncode != 0
+  assert "data/shards/ytvos/train/dataset_info.json" in run.stderr
+  assert ("python -m data_pipelines.build --dataset ytvos --raw data/ref-youtube-vos "
+          "--split train --out data/shards/ytvos/train") in run.stderr
+
+
+def _fake_shards(tmp_path, split):
+  path = tmp_path / "data" / "shards" / "ytvos" / split
+  path.mkdir(parents=True)
+  (path / "dataset_info.json").write_text(json.dumps({}))
+
+
+def test_missing_backbone_after_data(tmp_path):
+  _fake_shards(tmp_path, "train")
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py")
+  assert run.returncode != 0
+  assert "weights/backbone/manifest.json" in run.stderr
+  assert "python -m vdit_jax.convert backbone" in run.stderr
+
+
+def test_eval_needs_a_checkpoint(tmp_path):
+  _fake_shards(tmp_path, "valid")
+  (tmp_path / "weights" / "backbone").mkdir(parents=True)
+  (tmp_path / "weights" / "backbone" / "manifest.json").write_text("{}")
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py", "--mode=eval")
+  assert run.returncode != 0
+  assert str(tmp_path / "wd" / "checkpoints") in run.stderr
+  assert "--mode=train" in run.stderr
+
+
+def test_tiny_points_at_the_synthetic_data_commands(tmp_path):
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny")
+  assert run.returncode != 0
+  assert "python -m data_pipelines.synthetic --dataset ytvos --out data/synthetic/ytvos" in run.stderr
+
+
+def test_unimplemented_mode_is_refused_not_faked(tmp_path):
+  path = tmp_path / "data" / "synthetic_shards" / "ytvos" / "train"
+  path.mkdir(parents=True)
+  (path / "dataset_info.json").write_text("{}")
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny")
+  assert run.returncode == 2
+  assert "not implemented yet" in run.stderr
+
+
+@pytest.mark.parametrize("override, error", [
+    ("--config.optimizer.lrr=1e-4", "Did you mean"),
+    ("--config.optimizer.lr=abc", "config.optimizer.lr"),
+])
+def test_bad_overrides_fail(tmp_path, override, error):
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py", override)
+  assert run.returncode != 0 and error in run.stderr
+
+
+def test_two_processes_join_the_distributed_runtime(tmp_path):
+  """VDIT_DISTRIBUTED=1 with an explicit coordinator, as on a cluster without auto-detection."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, PYTHONPATH=REPO, VDIT_DISTRIBUTED="1",
+               VDIT_COORDINATOR=f"127.0.0.1:{port}", VDIT_NUM_PROCESSES="2",
+               VDIT_PROCESS_ID=str(pid), XLA_FLAGS="")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "vdit_jax.main", f"--config={REPO}/configs/ytvos.py",
+         f"--workdir={tmp_path / 'wd'}", "--logtostderr"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for pid, proc in enumerate(procs):
+    _, err = proc.communicate(timeout=120)
+    assert f"process {pid} of 2 joined" in err
+    assert proc.returncode == 1 and "dataset_info.json" in err

@@ -1,0 +1,79 @@
+"""Checks that a run's inputs exist before any work starts, naming the command that makes each.
+
+A missing dataset, converted backbone or checkpoint is the most common first-run failure;
+reporting it as one clear line (what path, which command creates it) beats a stack trace
+from deep inside grain or Orbax.
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+  """A path a run needs and the command that creates it."""
+  what: str
+  path: str
+  command: str
+
+  def exists(self) -> bool:
+    return os.path.exists(self.path)
+
+  def message(self) -> str:
+    return f"{self.what} not found: {self.path}\n  Create it with:\n    {self.command}"
+
+
+def shards(config: ml_collections.ConfigDict, split: str) -> Requirement:
+  """The built shards of one split of the config's dataset."""
+  data = config.data
+  out = os.path.join(data.shards_dir, split)
+  if data.raw_dir.startswith("data/synthetic/"):
+    make_raw = f"python -m data_pipelines.synthetic --dataset {data.dataset} --out {data.raw_dir} && "
+  else:
+    make_raw = ""
+  return Requirement(
+      what=f"{data.dataset} {split} shards",
+      path=os.path.join(out, "dataset_info.json"),
+      command=(f"{make_raw}python -m data_pipelines.build --dataset {data.dataset} "
+               f"--raw {data.raw_dir} --split {split} --out {out}"))
+
+
+def backbone(config: ml_collections.ConfigDict) -> Requirement | None:
+  """The converted frozen towers; None for the tiny variant's random towers."""
+  weights_dir = config.model.backbone.weights_dir
+  if not weights_dir:
+    return None
+  return Requirement(
+      what="converted backbone weights",
+      path=os.path.join(weights_dir, "manifest.json"),
+      command=("python -m vdit_jax.convert backbone --modelscope text-to-video-ms-1.7b "
+               "--clip-vision CLIP-ViT-H-14-laion2B-s32B-b79K --roberta roberta-base "
+               f"--out {weights_dir}"))
+
+
+def checkpoint(workdir: str, config_flag: str) -> Requirement:
+  """A trained checkpoint in the workdir."""
+  return Requirement(
+      what="trained checkpoint",
+      path=os.path.join(workdir, "checkpoints"),
+      command=f"python -m vdit_jax.main --config={config_flag} --workdir={workdir} --mode=train")
+
+
+def requirements(config: ml_collections.ConfigDict, mode: str, workdir: str,
+                 config_flag: str) -> list[Requirement]:
+  """Everything `mode` needs, in the order a user should create them."""
+  needs = []
+  if mode == "train":
+    needs.append(shards(config, config.data.split))
+  if mode == "eval":
+    needs.append(shards(config, config.eval.split))
+  needs.append(backbone(config))
+  if mode in ("eval", "predict", "export"):
+    needs.append(checkpoint(workdir, config_flag))
+  return [need for need in needs if need is not None]
+
+
+def first_missing(needs: list[Requirement]) -> Requirement | None:
+  return next((need for need in needs if not need.exists()), None)
