@@ -21,7 +21,7 @@ def test_missing_dataset_names_path_and_command(tmp_path):
   assert run.returncode != 0
   assert "data/shards/ytvos/train/dataset_info.json" in run.stderr
   assert ("python -m data_pipelines.build --dataset ytvos --raw data/ref-youtube-vos "
-          "--split train --out data/shards/ytvos/train") in run.stderr
+          "--split train --out data/shards/ytvos") in run.stderr
 
 
 def _fake_shards(tmp_path, split):

@@ -28,16 +28,15 @@ class Requirement:
 def shards(config: ml_collections.ConfigDict, split: str) -> Requirement:
   """The built shards of one split of the config's dataset."""
   data = config.data
-  out = os.path.join(data.shards_dir, split)
   if data.raw_dir.startswith("data/synthetic/"):
     make_raw = f"python -m data_pipelines.synthetic --dataset {data.dataset} --out {data.raw_dir} && "
   else:
     make_raw = ""
   return Requirement(
       what=f"{data.dataset} {split} shards",
-      path=os.path.join(out, "dataset_info.json"),
+      path=os.path.join(data.shards_dir, split, "dataset_info.json"),
       command=(f"{make_raw}python -m data_pipelines.build --dataset {data.dataset} "
-               f"--raw {data.raw_dir} --split {split} --out {out}"))
+               f"--raw {data.raw_dir} --split {split} --out {data.shards_dir}"))
 
 
 def backbone(config: ml_collections.ConfigDict) -> Requirement | None:

@@ -1,0 +1,205 @@
+"""Builds the shards of one split of a raw dataset.
+
+  python -m data_pipelines.build --dataset ytvos --raw DIR --split train --out DIR \
+      [--num_shards N] [--workers K] [--format tfrecord|array_record] [--overwrite] \
+      [--skip_bad_records]
+
+writes `<out>/<split>/` as `shards.py` describes. The sorted video ids are cut into
+`num_shards` contiguous runs of near-equal length (default: one shard per 64 videos), K
+spawned worker processes read and encode the videos, and the main process writes them in
+order, so the bytes do not depend on K. Everything is written into a temporary directory
+beside the target and renamed into place at the end; an existing target is an error unless
+--overwrite. A video whose reading or encoding fails stops the build with an error naming
+it, or with --skip_bad_records is logged, left out and listed in dataset_info.json.
+"""
+
+import argparse
+import collections
+from concurrent import futures
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterable, Iterator
+
+import tqdm
+
+from data_pipelines import readers
+from data_pipelines import records
+from data_pipelines import shards
+
+VIDEOS_PER_SHARD = 64
+
+_log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+  """A build that cannot proceed: an existing target, a bad video, bad arguments."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+  dataset: str
+  raw_root: str
+  split: str
+  video_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encoded:
+  """A worker's result: the record bytes and its counts, or the error that stopped it."""
+  video_id: str
+  data: bytes | None = None
+  num_expressions: int = 0
+  num_frames: int = 0
+  error: str | None = None
+
+
+def _read_and_encode(task: _Task) -> _Encoded:
+  """Reads and encodes one video; runs in the worker processes (hence module level)."""
+  try:
+    record = readers.get_reader(task.dataset).read_video(task.raw_root, task.split,
+                                                         task.video_id)
+    data = records.encode(record)
+  except Exception as e:  # pylint: disable=broad-except  (reported or skipped by the caller)
+    return _Encoded(task.video_id, error=f"{type(e).__name__}: {e}")
+  return _Encoded(task.video_id, data, len(record.expressions), len(record.frames))
+
+
+def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+  """fn over items in order, on `workers` spawned processes with a bounded backlog.
+
+  A worker that dies (or fails to import) raises BrokenProcessPool instead of hanging.
+  """
+  if workers == 1:
+    yield from map(fn, items)
+    return
+  executor = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+  try:
+    pending = collections.deque()
+    for item in items:
+      pending.append(executor.submit(fn, item))
+      if len(pending) >= 2 * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    executor.shutdown(cancel_futures=True)
+
+
+def _write_shards(directory: str, tasks: list[_Task], num_shards: int, fmt: str,
+                  skip_bad_records: bool, workers: int) -> dict:
+  """Writes the shards of `tasks` (sorted) into `directory`; returns the dataset_info dict."""
+  bounds = [k * len(tasks) // num_shards for k in range(num_shards + 1)]
+  name = f"{tasks[0].dataset}/{tasks[0].split}"
+  counts = collections.Counter()
+  skipped, shard_infos = [], []
+  # closing() ends the worker pool at once when a bad video stops the build.
+  with contextlib.closing(_ordered_map(_read_and_encode, tasks, workers)) as results, \
+      tqdm.tqdm(total=len(tasks), unit="video", desc=name, dynamic_ncols=True) as progress:
+    for k in range(num_shards):
+      path = os.path.join(directory, shards.shard_name(k, num_shards, fmt))
+      with shards.ShardWriter(path, fmt) as writer:
+        for _ in range(bounds[k], bounds[k + 1]):
+          result = next(results)
+          progress.update()
+          if result.error is not None:
+            if not skip_bad_records:
+              raise BuildError(f"{name} video {result.video_id!r} failed: "
+                               f"{result.error} (pass --skip_bad_records to skip such videos)")
+            _log.warning("%s: skipping video %r: %s", name, result.video_id, result.error)
+            skipped.append({"video_id": result.video_id, "error": result.error})
+            continue
+          writer.write(result.data)
+          counts.update(num_videos=1, num_expressions=result.num_expressions,
+                        num_frames=result.num_frames)
+      shard_infos.append(dataclasses.asdict(writer.info))
+  if not counts["num_videos"]:
+    raise BuildError(f"every one of the {len(tasks)} videos failed; nothing to write")
+  return {
+      "dataset": tasks[0].dataset, "split": tasks[0].split, "format": fmt,
+      "record_version": records.RECORD_VERSION,
+      "num_videos": counts["num_videos"], "num_expressions": counts["num_expressions"],
+      "num_frames": counts["num_frames"], "num_skipped": len(skipped), "skipped": skipped,
+      "feature_spec": records.feature_spec_json(), "shards": shard_infos,
+  }
+
+
+def _replace_dir(source: str, target: str) -> None:
+  """Moves directory `source` to `target`, removing a previous `target` only once it is moved."""
+  if not os.path.exists(target):
+    os.rename(source, target)
+    return
+  trash = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                           dir=os.path.dirname(target))
+  os.rename(target, os.path.join(trash, "old"))
+  os.rename(source, target)
+  shutil.rmtree(trash)
+
+
+def build(dataset: str, raw_root: str, split: str, out_root: str, *,
+          num_shards: int | None = None, workers: int = 1, fmt: str = "tfrecord",
+          overwrite: bool = False, skip_bad_records: bool = False) -> dict:
+  """Builds `<out_root>/<split>/` from the raw dataset; returns its dataset_info dict."""
+  if fmt not in shards.FORMATS:
+    raise BuildError(f"unknown format {fmt!r}, expected one of {shards.FORMATS}")
+  if workers < 1:
+    raise BuildError(f"--workers must be >= 1, got {workers}")
+  target = shards.split_dir(out_root, split)
+  if os.path.exists(target) and not overwrite:
+    raise BuildError(f"{target} already exists; pass --overwrite to replace it")
+  video_ids = sorted(readers.get_reader(dataset).list_videos(raw_root, split))
+  if not video_ids:
+    raise BuildError(f"{dataset}/{split}: no videos under {raw_root}")
+  num_shards = num_shards or math.ceil(len(video_ids) / VIDEOS_PER_SHARD)
+  if not 1 <= num_shards <= len(video_ids):
+    raise BuildError(f"--num_shards must be in [1, {len(video_ids)}] (the number of videos), "
+                     f"got {num_shards}")
+  tasks = [_Task(dataset, raw_root, split, v) for v in video_ids]
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target))
+  try:
+    info = _write_shards(tmp, tasks, num_shards, fmt, skip_bad_records, workers)
+    shards.write_info(tmp, info)
+    _replace_dir(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  _log.info("wrote %d videos (%d skipped) in %d shards to %s", info["num_videos"],
+            info["num_skipped"], num_shards, target)
+  return info
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m data_pipelines.build",
+                                   description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--dataset", required=True, choices=sorted(readers.READERS))
+  parser.add_argument("--raw", required=True, help="root of the raw dataset")
+  parser.add_argument("--split", required=True)
+  parser.add_argument("--out", required=True, help="the split is written to OUT/SPLIT")
+  parser.add_argument("--num_shards", type=int, default=None,
+                      help=f"default: one per {VIDEOS_PER_SHARD} videos")
+  parser.add_argument("--workers", type=int, default=1)
+  parser.add_argument("--format", default="tfrecord", choices=shards.FORMATS)
+  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--skip_bad_records", action="store_true")
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = _parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    build(args.dataset, args.raw, args.split, args.out, num_shards=args.num_shards,
+          workers=args.workers, fmt=args.format, overwrite=args.overwrite,
+          skip_bad_records=args.skip_bad_records)
+  except BuildError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  main()
