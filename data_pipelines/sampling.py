@@ -1,0 +1,142 @@
+"""Training samples of a video and the original's sparse clip sampling (vdit-original.md §5.3).
+
+A `VideoRecord` expands into one `Sample` per (expression, anchor frame); a sample becomes a
+clip of `num_frames` frame indices around its anchor:
+
+- the anchor, one frame U{1..3} before it and one U{1..3} after it (clamped to the video);
+- `num_frames - 3` "global" frames drawn without replacement from outside that window
+  [before, after] (from the whole video when too few frames lie outside; with replacement
+  when the video is shorter than that);
+- the indices sorted, and in training reversed with probability `reverse_p` (0.3).
+
+The original (SgMg/VD-IT `datasets/ytvos.py`) draws the globals from `frames[:lo] +
+frames[hi:]`, which lets the window's last frame come twice; here "outside the window" is
+strict. Frame indices are positions in `record.frame_names`.
+
+Anchors:
+- Ref-YTVOS / Ref-DAVIS (and any dataset without per-expression anchors): every
+  `stride`-th annotated frame, `range(0, len(annotated), stride)` with stride = the clip
+  length (5) as in the original; for Ref-YTVOS train the annotated frames are all frames.
+- A2D-Sentences: the expression's own annotated frame, which the reader stores in
+  `record.meta[anchor_key(exp_id)]` ("frame/<exp_id>") as a frame name.
+- RefCOCO: the single image (anchor 0); its pseudo-video is made by transforms.
+
+All randomness comes from the `np.random.Generator` the caller passes (the pipeline's grain
+`random_map` seeds it from (seed, element index)), so a clip is a pure function of the
+generator state: deterministic and checkpointable.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from data_pipelines import raw
+
+# The local window around the anchor: one frame at -U{1..3}, one at +U{1..3}.
+MAX_LOCAL_OFFSET = 3
+REVERSE_P = 0.3
+
+
+class SampleError(ValueError):
+  """A record whose samples cannot be formed (an anchor frame the video does not have)."""
+
+
+def anchor_key(exp_id: str) -> str:
+  """The `VideoRecord.meta` key naming the annotated frame an expression is anchored on."""
+  return f"frame/{exp_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """One training sample: an expression of a video, anchored on a frame.
+
+  record: the video.
+  exp_index: the expression's position in `record.expressions`.
+  anchor: the anchor's index in `record.frame_names`.
+  candidates: the anchors this expression may be resampled at (indices in frame_names).
+  """
+  record: raw.VideoRecord
+  exp_index: int
+  anchor: int
+  candidates: tuple[int, ...]
+
+  @property
+  def expression(self) -> raw.Expression:
+    return self.record.expressions[self.exp_index]
+
+
+def annotated_indices(record: raw.VideoRecord) -> tuple[int, ...]:
+  """The indices, in frame_names, of the frames that carry a mask (each once, in order)."""
+  annotated = set(record.mask_frames)
+  return tuple(i for i, name in enumerate(record.frame_names) if name in annotated)
+
+
+def expression_anchors(record: raw.VideoRecord, exp_index: int, stride: int) -> tuple[int, ...]:
+  """The anchor frames (indices in frame_names) of one expression; see the module docstring."""
+  expression = record.expressions[exp_index]
+  named = record.meta.get(anchor_key(expression.exp_id))
+  if named is not None:
+    if named not in record.frame_names:
+      raise SampleError(f"{record.dataset}/{record.video_id}: expression "
+                        f"{expression.exp_id!r} is anchored on frame {named!r}, which the "
+                        f"video does not have")
+    return (record.frame_names.index(named),)
+  annotated = annotated_indices(record) or tuple(range(len(record.frame_names)))
+  return annotated[::stride]
+
+
+def expand(record: raw.VideoRecord, stride: int) -> list[Sample]:
+  """All training samples of a video: one per (expression, anchor), expression-major."""
+  samples = []
+  for e in range(len(record.expressions)):
+    anchors = expression_anchors(record, e, stride)
+    samples.extend(Sample(record, e, a, anchors) for a in anchors)
+  return samples
+
+
+def clip_indices(rng: np.random.Generator, anchor: int, num_frames: int, video_length: int,
+                 reverse_p: float = REVERSE_P, local_window: int = MAX_LOCAL_OFFSET
+                 ) -> np.ndarray:
+  """Samples the frame indices of one clip.
+
+  Args:
+    rng: the only source of randomness.
+    anchor: the anchor frame index, in [0, video_length).
+    num_frames: T, the clip length: 1 (the anchor alone) or >= 3.
+    video_length: the number of frames to draw from.
+    reverse_p: the probability of reversing the sorted indices (0 for no reversal).
+    local_window: the local frames lie U{1..local_window} before / after the anchor.
+
+  Returns:
+    (T,) int64 indices in [0, video_length), sorted ascending or (with probability
+    reverse_p) descending.
+  """
+  if not 0 <= anchor < video_length:
+    raise ValueError(f"anchor {anchor} outside a video of {video_length} frames")
+  if num_frames == 1:
+    return np.array([anchor], np.int64)
+  if num_frames == 2:
+    raise ValueError("a clip has 1 frame or at least 3 (anchor, one before, one after)")
+  before, after = rng.integers(1, local_window + 1, size=2)
+  lo, hi = max(0, anchor - before), min(video_length - 1, anchor + after)
+  num_global = num_frames - 3
+  outside = np.concatenate([np.arange(lo), np.arange(hi + 1, video_length)])
+  if len(outside) >= num_global:
+    extra = rng.choice(outside, num_global, replace=False)
+  elif video_length >= num_global:
+    extra = rng.choice(video_length, num_global, replace=False)
+  else:
+    extra = np.concatenate([np.arange(video_length),
+                            rng.choice(video_length, num_global - video_length)])
+  indices = np.sort(np.concatenate([[anchor, lo, hi], extra]).astype(np.int64))
+  if rng.random() < reverse_p:
+    indices = indices[::-1].copy()
+  return indices
+
+
+def resample(rng: np.random.Generator, sample: Sample) -> Sample:
+  """The same expression at a random one of its anchors: the retry for a clip without a
+  valid frame (the original retries at a random dataset index, which a streamed dataset
+  cannot reach)."""
+  anchor = int(sample.candidates[rng.integers(len(sample.candidates))])
+  return dataclasses.replace(sample, anchor=anchor)
