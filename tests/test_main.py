@@ -91,3 +91,14 @@ def test_two_processes_join_the_distributed_runtime(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert f"process {pid} of 2 joined" in err
     assert proc.returncode == 1 and "dataset_info.json" in err
+
+
+def test_refcoco_needs_every_subset(tmp_path):
+  for subset in ("refcoco", "refcoco+"):
+    path = tmp_path / "data" / "shards" / "refcoco" / subset / "train"
+    path.mkdir(parents=True)
+    (path / "dataset_info.json").write_text("{}")
+  run = _main(tmp_path, f"--config={REPO}/configs/refcoco.py")
+  assert run.returncode != 0
+  assert "data/shards/refcoco/refcocog/train/dataset_info.json" in run.stderr
+  assert "--split refcocog/train --out data/shards/refcoco" in run.stderr

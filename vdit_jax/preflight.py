@@ -25,18 +25,20 @@ class Requirement:
     return f"{self.what} not found: {self.path}\n  Create it with:\n    {self.command}"
 
 
-def shards(config: ml_collections.ConfigDict, split: str) -> Requirement:
-  """The built shards of one split of the config's dataset."""
+def shards(config: ml_collections.ConfigDict, split: str) -> list[Requirement]:
+  """The built shards of one split of the config's dataset (RefCOCO: one per subset)."""
   data = config.data
   if data.raw_dir.startswith("data/synthetic/"):
     make_raw = f"python -m data_pipelines.synthetic --dataset {data.dataset} --out {data.raw_dir} && "
   else:
     make_raw = ""
-  return Requirement(
-      what=f"{data.dataset} {split} shards",
-      path=os.path.join(data.shards_dir, split, "dataset_info.json"),
+  splits = [f"{subset}/{split}" for subset in data.get("subsets", ())] or [split]
+  return [Requirement(
+      what=f"{data.dataset} {name} shards",
+      path=os.path.join(data.shards_dir, name, "dataset_info.json"),
       command=(f"{make_raw}python -m data_pipelines.build --dataset {data.dataset} "
-               f"--raw {data.raw_dir} --split {split} --out {data.shards_dir}"))
+               f"--raw {data.raw_dir} --split {name} --out {data.shards_dir}"))
+          for name in splits]
 
 
 def backbone(config: ml_collections.ConfigDict) -> Requirement | None:
@@ -65,9 +67,9 @@ def requirements(config: ml_collections.ConfigDict, mode: str, workdir: str,
   """Everything `mode` needs, in the order a user should create them."""
   needs = []
   if mode == "train":
-    needs.append(shards(config, config.data.split))
+    needs.extend(shards(config, config.data.split))
   if mode == "eval":
-    needs.append(shards(config, config.eval.split))
+    needs.extend(shards(config, config.eval.split))
   needs.append(backbone(config))
   if mode in ("eval", "predict", "export"):
     needs.append(checkpoint(workdir, config_flag))
