@@ -2,24 +2,31 @@
 
 Writes a few synthetic 1280x720 videos (smooth textures with moving objects, JPEG quality
 90, id-map PNG masks) into TFRecord shards in a temporary directory, then reports:
-- the cost per clip of each stage (decode, augment, normalise + pad), in one process;
-- clips per second of the whole grain pipeline with worker_count=0 (one core);
-- optionally (--workers N) clips per second with N grain worker processes.
+- the CPU time per clip of each stage (decode masks, decode frames, augment, pad into a
+  batch), in one process;
+- clips per second of the whole grain pipeline with worker_count=0 (one core), per
+  wall-clock second and per CPU second;
+- optionally (--workers N) the same with N grain worker processes, CPU time summed over
+  this process and its worker processes (psutil: user + system time of each, read before
+  and after the timed clips).
 
-  /work/venv/bin/python bench/data_throughput.py [--clips 60] [--workers 2]
+  /work/venv/bin/python bench/data_throughput.py [--clips 60] [--workers 2] [--repeat 3]
 
-Goal: >= 8 clips/s per core for T=5 clips at the training resolutions.
+Goal: >= 8 clips per CPU second (per core) for T=5 clips at the training resolutions.
+Frames leave the pipeline as uint8; their normalisation runs on the device.
 """
 
 import argparse
 import io
 import os
+import statistics
 import tempfile
 import time
 
 from absl import flags
 import numpy as np
 from PIL import Image
+import psutil
 
 from configs import ytvos as ytvos_config
 from data_pipelines import pipeline
@@ -77,32 +84,48 @@ def _write(root: str, videos: list[raw.VideoRecord]) -> None:
   shards.write_info(directory, {"shards": infos, "format": "tfrecord"})
 
 
-def _stages(videos: list[raw.VideoRecord], clips: int) -> None:
-  """The training path of pipeline._TrainClip, stage by stage."""
+def _stages(videos: list[raw.VideoRecord], clips: int) -> float:
+  """Times the training path of pipeline._TrainClip stage by stage; returns clips made per
+  CPU second."""
   rng = np.random.default_rng(0)
   samples = [s for v in videos for s in sampling.expand(v, 5)]
   cfg = pipeline.DataConfig.for_train(_config("unused", 0))
-  totals = {"decode": 0.0, "augment": 0.0, "normalise+pad": 0.0}
+  totals = dict.fromkeys(("decode masks", "decode frames", "augment", "pad (batch)"), 0.0)
+  cropped_empty = 0
   for i in range(clips):
     sample = samples[i % len(samples)]
     t0 = time.process_time()
     geometry = transforms.random_geometry(rng, HEIGHT, WIDTH, cfg.augmentation)
     indices = sampling.clip_indices(rng, sample.anchor, 5, len(sample.record.frame_names))
-    draft = transforms.draft_size(geometry, HEIGHT, WIDTH)
-    clip, _ = pipeline.load_clip(sample, indices, "bench", draft)
+    masks, _ = pipeline.load_masks(sample, indices, "bench")
+    boxes, valid = transforms.mask_boxes(masks)
     t1 = time.process_time()
-    clip = transforms.augment(clip, rng, geometry, cfg.augmentation)
+    if not transforms.visible_in(boxes, valid, geometry.region).any():
+      cropped_empty += 1  # The pipeline resamples the clip without decoding its frames.
+      totals["decode masks"] += t1 - t0
+      continue
+    draft = transforms.draft_size(geometry, HEIGHT, WIDTH)
+    frames = pipeline.load_frames(sample.record, indices, "bench", draft)
+    clip = transforms.Clip(frames, masks, boxes, valid,
+                           pipeline.clean_caption(sample.expression.text))
     t2 = time.process_time()
-    bucket = transforms.choose_bucket([clip.size], cfg.buckets)
-    transforms.normalize(clip.frames, shape=bucket)
-    transforms.pad(clip.masks, bucket, (1, 2))
+    clip = transforms.augment(clip, rng, geometry, cfg.augmentation)
     t3 = time.process_time()
-    for name, seconds in zip(totals, (t1 - t0, t2 - t1, t3 - t2)):
+    bucket = transforms.choose_bucket([clip.size], cfg.buckets)
+    transforms.pad_batch([clip.frames], bucket, (1, 2))
+    transforms.pad_batch([clip.masks], bucket, (1, 2))
+    t4 = time.process_time()
+    for name, seconds in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
       totals[name] += seconds
+  made = clips - cropped_empty
+  if cropped_empty:
+    print(f"  {cropped_empty} of {clips} clips cropped empty (frames not decoded)")
   for name, seconds in totals.items():
-    print(f"  {name:14s} {1000 * seconds / clips:7.1f} ms/clip")
-  print(f"  {'total':14s} {1000 * sum(totals.values()) / clips:7.1f} ms/clip "
-        f"= {clips / sum(totals.values()):.1f} clips/s (CPU time of this process)")
+    print(f"  {name:14s} {1000 * seconds / made:7.1f} ms/clip")
+  rate = made / sum(totals.values())
+  print(f"  {'total':14s} {1000 / rate:7.1f} ms/clip = {rate:.1f} clips/s (CPU time of this "
+        f"process)")
+  return rate
 
 
 def _config(root: str, workers: int):
@@ -112,17 +135,33 @@ def _config(root: str, workers: int):
   return config
 
 
-def _pipeline_rate(root: str, clips: int, workers: int) -> tuple[float, float]:
-  """(clips per wall-clock second, clips per CPU second of this process)."""
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+  """User + system CPU seconds the processes have used so far."""
+  return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+def _pipeline_rate(root: str, clips: int, workers: int) -> tuple[float, float, float]:
+  """(clips per wall-clock second, clips per CPU second of this process and its workers,
+  clips per CPU second of the workers alone (nan without workers))."""
   iterator = pipeline.make_train_iter(_config(root, workers), 0, 1)
   for _ in range(max(4, 2 * workers)):
     next(iterator)
-  wall, cpu = time.perf_counter(), time.process_time()
+  main = psutil.Process()
+  children = main.children(recursive=True)
+  wall, cpu, worker_cpu = time.perf_counter(), _cpu_seconds([main] + children), \
+      _cpu_seconds(children)
   for _ in range(clips):
     next(iterator)
-  rates = clips / (time.perf_counter() - wall), clips / (time.process_time() - cpu)
+  wall = time.perf_counter() - wall
+  cpu = _cpu_seconds([main] + children) - cpu
+  worker_cpu = _cpu_seconds(children) - worker_cpu
   iterator.close()
-  return rates
+  return clips / wall, clips / cpu, clips / worker_cpu if children else float("nan")
+
+
+def _report(name: str, rates: list[float]) -> None:
+  print(f"  {name}: best {max(rates):.1f}, median {statistics.median(rates):.1f} "
+        f"({', '.join(f'{r:.1f}' for r in rates)})")
 
 
 def main() -> None:
@@ -131,24 +170,32 @@ def main() -> None:
   parser.add_argument("--videos", type=int, default=4)
   parser.add_argument("--frames", type=int, default=20)
   parser.add_argument("--workers", type=int, default=0, help="also time N grain workers")
+  parser.add_argument("--repeat", type=int, default=1, help="measurements of each figure")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
   rng = np.random.default_rng(0)
   videos = [_video(f"v{i}", args.frames, rng) for i in range(args.videos)]
   print(f"{args.videos} videos x {args.frames} frames of {WIDTH}x{HEIGHT} JPEG "
         f"({np.mean([len(f) for v in videos for f in v.frames]) / 1024:.0f} KiB per frame), "
-        f"T=5 clips, scales {transforms.TRAIN_SCALES}, max size {transforms.TRAIN_MAX_SIZE}")
-  print("stages, one process:")
-  _stages(videos, args.clips)
+        f"T=5 clips, scales {transforms.TRAIN_SCALES}, max size {transforms.TRAIN_MAX_SIZE}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+  stage_rates = []
+  for r in range(args.repeat):
+    print(f"stages, one process (run {r + 1}):")
+    stage_rates.append(_stages(videos, args.clips))
   with tempfile.TemporaryDirectory() as root:
     _write(root, videos)
-    wall, cpu = _pipeline_rate(root, args.clips, 0)
-    print(f"grain pipeline, worker_count=0: {wall:.1f} clips/s wall-clock, {cpu:.1f} clips "
-          f"per CPU second")
-    if args.workers:
-      wall, _ = _pipeline_rate(root, args.clips, args.workers)
-      print(f"grain pipeline, worker_count={args.workers}: {wall:.1f} clips/s wall-clock")
-  print(f"load average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    runs = {w: [_pipeline_rate(root, args.clips, w) for _ in range(args.repeat)]
+            for w in sorted({0, args.workers})}
+  print("clips per second:")
+  _report("stages, per CPU second", stage_rates)
+  for w, rates in runs.items():
+    wall, cpu, worker_cpu = zip(*rates)
+    _report(f"grain worker_count={w}, per wall-clock second", list(wall))
+    _report(f"grain worker_count={w}, per CPU second (this process + workers)", list(cpu))
+    if w:
+      _report(f"grain worker_count={w}, per CPU second of the workers", list(worker_cpu))
+  print(f"load average after: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Config fields read (ml_collections ConfigDict, configs/common.py; [default] wher
   config.data.format                "tfrecord" (streamed) or "array_record" (random access)
   config.data.worker_count          grain worker processes (0: in the calling process)
   config.data.skip_bad_records      True: skip + count + log corrupt records/frames/masks
-  config.data.mean, config.data.std normalisation (ImageNet)
   config.data.cycle_length          [4] TFRecord shards read at once (interleaved);
                                     ArrayRecord: records read ahead, by as many threads
   config.data.worker_buffer_size    [2] batches each worker prefetches
@@ -35,16 +34,22 @@ Config fields read (ml_collections ConfigDict, configs/common.py; [default] wher
                                     eval resize, padding to a multiple of size_divisor, and
                                     frames per window (0: the whole video in one window)
 
-Train batches (B = per-process batch, T = num_frames, (H, W) one of the buckets):
-  frames (B, T, H, W, 3) float32 normalised, zero padding; pad_mask (B, H, W) bool, True on
-  padding; masks (B, T, H, W) bool; boxes (B, T, 4) float32 cxcywh normalised by `size`;
+Frames are uint8 RGB, 0 on padding: the model normalises them on the device with
+config.data.mean / std (vdit_jax.models.normalize.normalize_frames, which also zeroes the
+padding in normalised space, as the original's collate does), a quarter of the bytes of
+float32 frames to make here and to copy to the device.
+
+Train batches (B = per-process batch, T = num_frames, (H, W) the smallest bucket that holds
+every clip of the batch):
+  frames (B, T, H, W, 3) uint8; pad_mask (B, H, W) bool, True on padding;
+  masks (B, T, H, W) bool; boxes (B, T, 4) float32 cxcywh normalised by `size`;
   valid (B, T) bool: the object is visible in an annotated frame; annotated (B, T) bool: the
   frame has ground truth (A2D / JHMDB: the anchor frame only, as in the original);
   frame_indices (B, T) int32 (in the video's frame list); size, orig_size (B, 2) int32 (H, W);
   caption, video_id, exp_id (B,) str; plus what `tokenize(caption)` returns, stacked.
 
 Eval elements, one window of one (video, expression) each, with a batch axis of 1:
-  frames (1, N, H, W, 3) float32; pad_mask (1, H, W) bool; frame_valid (1, N) bool (False on
+  frames (1, N, H, W, 3) uint8; pad_mask (1, H, W) bool; frame_valid (1, N) bool (False on
   the repeated last frame that pads the final window); annotated (1, N) bool (the anchor frame
   of A2D / JHMDB expressions); frame_indices (1, N) int32; frame_names (1, N) str ("" on
   padding); window, num_windows (1,) int32; size, orig_size (1, 2) int32 (H, W); caption,
@@ -116,8 +121,6 @@ class DataConfig:
   worker_buffer_size: int = 2
   cycle_length: int = 4
   skip_bad_records: bool = False
-  mean: tuple[float, ...] = tuple(transforms.IMAGENET_MEAN.tolist())
-  std: tuple[float, ...] = tuple(transforms.IMAGENET_STD.tolist())
   batch_size: int = 1
   shuffle_window: int = 1024
   num_frames: int = 5
@@ -144,8 +147,7 @@ class DataConfig:
         splits=tuple(f"{s}/{split}" for s in subsets) if subsets else (split,),
         format=data.format, seed=config.seed, worker_count=data.worker_count,
         worker_buffer_size=data.get("worker_buffer_size", 2),
-        cycle_length=data.get("cycle_length", 4), skip_bad_records=data.skip_bad_records,
-        mean=tuple(data.mean), std=tuple(data.std))
+        cycle_length=data.get("cycle_length", 4), skip_bad_records=data.skip_bad_records)
 
   @classmethod
   def for_train(cls, config, process_count: int = 1) -> "DataConfig":
@@ -303,16 +305,17 @@ class _Expand(grain.experimental.FlatMapTransform):
 
 
 def _decode_frame(record: raw.VideoRecord, index: int, where: str,
-                  draft: tuple[int, int] | None = None) -> np.ndarray:
-  """Frame `index` as (H, W, 3) uint8; a JPEG decoded at a reduced scale no smaller than
-  `draft` (H, W) if given."""
+                  draft: tuple[int, int] | None = None) -> Image.Image:
+  """Frame `index` as a decoded RGB PIL image (H, W); a JPEG decoded at a reduced scale no
+  smaller than `draft` (H, W) if given."""
   name = record.frame_names[index]
   try:
-    with Image.open(io.BytesIO(record.frames[index])) as image:
-      size = image.height, image.width
-      if draft is not None and image.format == "JPEG":
-        image.draft("RGB", draft[::-1])
-      frame = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    image = Image.open(io.BytesIO(record.frames[index]))
+    size = image.height, image.width
+    if draft is not None and image.format == "JPEG":
+      image.draft("RGB", draft[::-1])
+    frame = image if image.mode == "RGB" else image.convert("RGB")
+    frame.load()
   except (OSError, SyntaxError, ValueError) as e:
     raise ClipError(f"{where} ({record.video_id}): frame {name!r} (#{index}) does not decode "
                     f"as {record.frame_format}: {e}") from e
@@ -322,11 +325,12 @@ def _decode_frame(record: raw.VideoRecord, index: int, where: str,
   return frame
 
 
-def _decode_mask(record: raw.VideoRecord, index: int, obj_ids: tuple[int, ...], where: str
-                 ) -> np.ndarray:
-  """The union of the objects' pixels over the id maps of frame `index`: (H, W) bool."""
+def _decode_mask(record: raw.VideoRecord, index: int, obj_ids: tuple[int, ...], where: str,
+                 out: np.ndarray | None = None) -> np.ndarray:
+  """The union of the objects' pixels over the id maps of frame `index`: (H, W) bool,
+  written into `out` (zeros) if given."""
   name = record.frame_names[index]
-  mask = np.zeros((record.height, record.width), bool)
+  mask = np.zeros((record.height, record.width), bool) if out is None else out
   for j, mask_name in enumerate(record.mask_frames):
     if mask_name != name:
       continue
@@ -349,24 +353,31 @@ def _anchored(record: raw.VideoRecord, expression: raw.Expression) -> bool:
   return sampling.anchor_key(expression.exp_id) in record.meta
 
 
-def load_clip(sample: sampling.Sample, indices: np.ndarray, where: str,
-              draft: tuple[int, int] | None = None) -> tuple[transforms.Clip, np.ndarray]:
-  """Decodes the frames `indices` of a sample's video with the expression's masks.
+def load_masks(sample: sampling.Sample, indices: np.ndarray, where: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """The expression's masks in frames `indices` of a sample's video.
 
-  Returns the Clip (frames JPEG-decoded at a scale no smaller than `draft` (H, W) if given)
-  and (T,) bool `annotated`: whether each frame has ground truth (a mask entry; for an
-  anchored sample only the anchor frame, as in the original's A2D loader).
+  Returns (T, H, W) bool masks (empty where not annotated) and (T,) bool `annotated`:
+  whether each frame has ground truth (a mask entry; for an anchored sample only the
+  anchor frame, as in the original's A2D loader).
   """
   record, expression = sample.record, sample.expression
   if _anchored(record, expression):
     annotated = indices == sample.anchor
   else:
     annotated = np.isin(np.asarray(record.frame_names)[indices], record.mask_frames)
-  frames = np.stack([_decode_frame(record, i, where, draft) for i in indices])
-  empty = np.zeros((record.height, record.width), bool)
-  masks = np.stack([_decode_mask(record, i, expression.obj_ids, where) if a else empty
-                    for i, a in zip(indices, annotated)])
-  return transforms.clip_from_masks(frames, masks, clean_caption(expression.text)), annotated
+  masks = np.zeros((len(indices), record.height, record.width), bool)
+  for t in np.flatnonzero(annotated):
+    _decode_mask(record, indices[t], expression.obj_ids, where, out=masks[t])
+  return masks, annotated
+
+
+def load_frames(record: raw.VideoRecord, indices: np.ndarray, where: str,
+                draft: tuple[int, int] | None = None) -> list[Image.Image]:
+  """Frames `indices` of a video as T decoded RGB PIL images (h, w), which transforms
+  resample without a numpy round trip; JPEGs decoded at a reduced scale no smaller than
+  `draft` (H, W) if given, else (h, w) = (H, W)."""
+  return [_decode_frame(record, i, where, draft) for i in indices]
 
 
 # Training ------------------------------------------------------------------------------------
@@ -389,27 +400,35 @@ class _TrainClip(grain.transforms.RandomMap):
       return None
 
   def _clip(self, sample: sampling.Sample, where: str, rng: np.random.Generator):
+    """(augmented clip, frame indices, annotated); the clip is None, its frames never
+    decoded, when no object box survives the random crop."""
     cfg, record = self._cfg, sample.record
-    aug = cfg.augmentation
+    aug, caption = cfg.augmentation, clean_caption(sample.expression.text)
     geometry = transforms.random_geometry(rng, record.height, record.width, aug)
     if len(record.frame_names) == 1 and cfg.num_frames > 1:
-      clip, _ = load_clip(sample, np.zeros(1, np.int64), where)
-      clip = transforms.pseudo_video(clip.frames[0], clip.masks[0], clip.caption, rng,
-                                     cfg.num_frames, cfg.pseudo_video)
       indices = np.zeros(cfg.num_frames, np.int64)
       annotated = np.ones(cfg.num_frames, bool)
+      masks, _ = load_masks(sample, indices[:1], where)
+      image = np.asarray(load_frames(record, indices[:1], where)[0])
+      clip = transforms.pseudo_video(image, masks[0], caption, rng, cfg.num_frames,
+                                     cfg.pseudo_video)
     else:
       reverse = 0.0 if _anchored(record, sample.expression) else cfg.reverse_prob
       indices = sampling.clip_indices(rng, sample.anchor, cfg.num_frames,
                                       len(record.frame_names), reverse, cfg.local_window)
+      masks, annotated = load_masks(sample, indices, where)
+      boxes, valid = transforms.mask_boxes(masks)
+      if not transforms.visible_in(boxes, valid, geometry.region).any():
+        return None, indices, annotated
       draft = transforms.draft_size(geometry, record.height, record.width)
-      clip, annotated = load_clip(sample, indices, where, draft)
+      clip = transforms.Clip(load_frames(record, indices, where, draft), masks, boxes, valid,
+                             caption)
     return transforms.augment(clip, rng, geometry, aug), indices, annotated
 
   def _example(self, sample: sampling.Sample, where: str, rng: np.random.Generator):
     for _ in range(self._cfg.max_resample + 1):
       clip, indices, annotated = self._clip(sample, where, rng)
-      if clip.valid.any():
+      if clip is not None and clip.valid.any():
         return self._finish(sample, clip, indices, annotated)
       sample = sampling.resample(rng, sample)
     logging.warning("%s: expression %r has no valid clip after %d tries; dropped", where,
@@ -417,12 +436,11 @@ class _TrainClip(grain.transforms.RandomMap):
     return None
 
   def _finish(self, sample, clip: transforms.Clip, indices, annotated) -> dict[str, Any]:
-    cfg, size, record = self._cfg, clip.size, sample.record
-    bucket = transforms.choose_bucket([size], cfg.buckets)
+    """The example, frames and masks unpadded: _BucketBatch pads them once per batch."""
+    size, record = clip.size, sample.record
     example = {
-        "frames": transforms.normalize(clip.frames, cfg.mean, cfg.std, bucket),
-        "pad_mask": transforms.padding_mask(size, bucket),
-        "masks": transforms.pad(clip.masks, bucket, (1, 2)),
+        "frames": clip.frames,
+        "masks": clip.masks,
         "boxes": transforms.boxes_cxcywh(clip.boxes, size),
         "valid": clip.valid & annotated,
         "annotated": annotated,
@@ -442,34 +460,23 @@ def _is_example(example) -> bool:
   return example is not None
 
 
-def _bucket_shape(key: str, shape: tuple[int, ...], bucket: tuple[int, int]) -> tuple[int, ...]:
-  """An example array's shape once padded to `bucket`: pad_mask (H, W), frames / masks
-  (T, H, W, ...); other arrays keep theirs."""
-  if key == "pad_mask":
-    return bucket
-  if key in ("frames", "masks"):
-    return shape[:1] + bucket + shape[3:]
-  return shape
+# Example arrays (T, h, w, ...) that a batch pads to its bucket (H, W).
+_PADDED = ("frames", "masks")
 
 
 @dataclasses.dataclass(frozen=True)
 class _BucketBatch:
-  """Stacks examples, padding them to the smallest bucket that holds all of them (each
-  array is copied once, into its slot of the batch)."""
+  """Stacks examples, padding frames and masks to the smallest bucket that holds all of them
+  (each copied once, into its slot of the batch), and adds their pad_mask."""
   buckets: tuple[tuple[int, int], ...]
 
   def __call__(self, examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    bucket = transforms.choose_bucket([e["pad_mask"].shape for e in examples], self.buckets)
-    batch = {}
-    for key, first in examples[0].items():
-      if not isinstance(first, np.ndarray):
-        batch[key] = np.array([e[key] for e in examples])
-        continue
-      out = np.full((len(examples),) + _bucket_shape(key, first.shape, bucket),
-                    key == "pad_mask", first.dtype)
-      for i, e in enumerate(examples):
-        out[(i,) + tuple(slice(0, n) for n in e[key].shape)] = e[key]
-      batch[key] = out
+    sizes = [tuple(e["size"]) for e in examples]
+    bucket = transforms.choose_bucket(sizes, self.buckets)
+    batch = {key: transforms.pad_batch([e[key] for e in examples], bucket, (1, 2))
+             if key in _PADDED else np.array([e[key] for e in examples])
+             for key in examples[0]}
+    batch["pad_mask"] = np.stack([transforms.padding_mask(s, bucket) for s in sizes])
     return batch
 
 
@@ -587,12 +594,12 @@ class _EvalWindow:
       length = cfg.eval_window or num_frames
       indices, valid = window_frames(num_frames, item.window, length)
       annotated = valid & np.isin(np.asarray(record.frame_names)[indices], record.mask_frames)
-    frames = transforms.eval_resize(np.stack([_decode_frame(record, i, where) for i in indices]),
+    frames = transforms.eval_resize(load_frames(record, indices, where),
                                     cfg.eval_short_side, cfg.eval_max_size)
     size = frames.shape[1:3]
     shape = transforms.pad_multiple(size, cfg.eval_size_divisor)
     example = {
-        "frames": transforms.normalize(frames, cfg.mean, cfg.std, shape),
+        "frames": transforms.pad_batch([frames], shape, (1, 2))[0],
         "pad_mask": transforms.padding_mask(size, shape),
         "frame_valid": valid,
         "annotated": annotated,

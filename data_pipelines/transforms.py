@@ -1,4 +1,4 @@
-"""Clip augmentation, normalisation and padding on numpy arrays (vdit-original.md §5.1, §5.3).
+"""Clip augmentation and padding on numpy arrays (vdit-original.md §5.1, §5.3).
 
 A `Clip` holds T frames of one video with the referred object's masks and boxes. Boxes are
 xyxy in pixel-edge coordinates: a mask covering columns c0..c1 has x0 = c0, x1 = c1 + 1, so
@@ -11,11 +11,14 @@ Training (Ref-YTVOS / A2D / RefCOCO, the original's `make_coco_transforms`), `au
   drawn before decoding (so JPEGs can be decoded at a reduced DCT scale, `draft_size`) and
   applied in one PIL resample of a source region (`resample`), then `check` marks frames
   whose box or mask vanished as invalid. As in the original, a cropped box is the box
-  clipped to the crop, not the tight box of the cropped mask.
-- `random_hflip` (p .5): mirrors frames, masks and boxes, swaps "left" <-> "right".
+  clipped to the crop, not the tight box of the cropped mask. `visible_in` tells from the
+  boxes alone, before decoding frames, whether a clip can keep any valid frame.
+- RandomHorizontalFlip (p .5), in the same `resample`: mirrors frames, masks and boxes,
+  swaps "left" <-> "right" in the caption.
 - `photometric_distort`, independently per frame.
-Then `normalize` (ImageNet), `boxes_cxcywh` (normalised by the unpadded size) and `pad` to the
-smallest of a few static (H, W) buckets (`choose_bucket`). The original's order is
+Then `boxes_cxcywh` (normalised by the unpadded size) and, per batch, `pad_batch` to the
+smallest of a few static (H, W) buckets (`choose_bucket`). Frames stay uint8: the ImageNet
+normalisation runs on the device (vdit_jax/models/normalize.py). The original's order is
 flip/photometric after the resize for Ref-YTVOS and before it for A2D and RefCOCO; here it is
 always after (cheaper); both commute with resizing up to interpolation.
 
@@ -24,7 +27,7 @@ frame 0 is the image, each other frame a re-augmentation of it (brightness / hue
 perspective 0.08, rotation ±20°, translation ±10%, motion blur p .25), then the order is
 shuffled.
 
-Evaluation: `eval_resize` (shorter side 360, longer at most 640), `normalize`, `pad`.
+Evaluation: `eval_resize` (shorter side 360, longer at most 640), `pad_batch`.
 
 Every random choice is drawn from the `np.random.Generator` passed in.
 """
@@ -36,8 +39,6 @@ import re
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 TRAIN_SCALES = (288, 320, 352, 392, 416, 448, 480, 512)
 TRAIN_MAX_SIZE = 640
 CROP_RESIZE_SCALES = (400, 500, 600)
@@ -52,14 +53,16 @@ _CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1,
 class Clip:
   """T frames of a video and the referred object in each.
 
-  frames: (T, h, w, 3) uint8 RGB; before the first `resample` (h, w) may be a reduced
-    version of (H, W) (JPEG draft decoding, see `draft_size`), covering the same view.
+  frames: (T, h, w, 3) uint8 RGB. Before the first `resample`, (h, w) may be a reduced
+    version of (H, W) (JPEG draft decoding, see `draft_size`), covering the same view, and
+    the frames may be a list of T decoded RGB PIL images, which `resample` reads without a
+    copy into numpy and back (a few ms per 720p frame).
   masks: (T, H, W) bool; (H, W) is the clip's `size`, the frame of reference of boxes.
   boxes: (T, 4) float32 xyxy pixel edges; zeros where not valid.
   valid: (T,) bool, the object is visible (box and mask non-empty).
   caption: the expression.
   """
-  frames: np.ndarray
+  frames: np.ndarray | list[Image.Image]
   masks: np.ndarray
   boxes: np.ndarray
   valid: np.ndarray
@@ -69,6 +72,17 @@ class Clip:
   def size(self) -> tuple[int, int]:
     """(H, W)."""
     return self.masks.shape[1], self.masks.shape[2]
+
+
+def _image(frame: np.ndarray | Image.Image) -> Image.Image:
+  """A frame as a PIL image: an (h, w, 3) uint8 array is wrapped, an image passes."""
+  return frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
+
+
+def _frame_size(frames: np.ndarray | list[Image.Image]) -> tuple[int, int]:
+  """(h, w) of frames given as a (T, h, w, 3) array or as T PIL images."""
+  first = frames[0]
+  return (first.height, first.width) if isinstance(first, Image.Image) else first.shape[:2]
 
 
 def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,28 +125,52 @@ def _scaled(region, sx: float, sy: float):
   return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
-def resample(clip: Clip, region: tuple[float, float, float, float], shape: tuple[int, int]
-             ) -> Clip:
-  """Resizes the `region` (x0, y0, x1, y1) of every frame to `shape` (H, W).
+def _boxes_in_region(boxes: np.ndarray, region) -> np.ndarray:
+  """(T, 4) xyxy boxes shifted to `region` (x0, y0, x1, y1) and clipped to it."""
+  x0, y0, x1, y1 = region
+  limit = np.array([x1 - x0, y1 - y0] * 2, np.float32)
+  return np.clip(boxes - np.array([x0, y0, x0, y0], np.float32), 0, limit)
+
+
+def visible_in(boxes: np.ndarray, valid: np.ndarray, region) -> np.ndarray:
+  """(T,) bool: valid frames whose (T, 4) xyxy box keeps an area inside `region`, as `check`
+  requires after `resample`; known before the frames are decoded, it spares decoding clips
+  that the crop leaves without a valid frame."""
+  boxes = _boxes_in_region(boxes, region)
+  return valid & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def resample(clip: Clip, region: tuple[float, float, float, float], shape: tuple[int, int],
+             mirror: bool = False) -> Clip:
+  """Resizes the `region` (x0, y0, x1, y1) of every frame to `shape` (H, W), mirrored
+  left-right if `mirror`.
 
   `region` is in mask (`clip.size`) coordinates. Frames use PIL bilinear (antialiased, as
   torchvision's PIL resize), masks PIL nearest; boxes are shifted, clipped to the region and
-  scaled. Validity is left to `check`.
+  scaled. Validity is left to `check`. Mirroring (the original's hflip) also mirrors the
+  boxes and swaps "left" <-> "right" in the caption; PIL mirrors the images, which numpy
+  does several times slower on (H, W, 3) arrays.
   """
   out_h, out_w = shape
-  (h, w), (fh, fw) = clip.size, clip.frames.shape[1:3]
+  (h, w), (fh, fw) = clip.size, _frame_size(clip.frames)
+
+  def resize(frame: np.ndarray | Image.Image, box, method: int) -> np.ndarray:
+    image = _image(frame).resize((out_w, out_h), method, box=box)
+    return np.asarray(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else image)
+
   frame_region = _scaled(region, fw / w, fh / h)
-  frames = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BILINEAR,
-                                                          box=frame_region))
-                     for f in clip.frames])
-  masks = np.stack([np.asarray(Image.fromarray(m.view(np.uint8)).resize(
-      (out_w, out_h), Image.NEAREST, box=region)) for m in clip.masks]).astype(bool)
+  frames = np.stack([resize(f, frame_region, Image.BILINEAR) for f in clip.frames])
+  masks = np.stack([resize(m.view(np.uint8), region, Image.NEAREST)
+                    for m in clip.masks]).view(bool)
   x0, y0, x1, y1 = region
-  scale = np.array([out_w / (x1 - x0), out_h / (y1 - y0)] * 2, np.float32)
-  limit = np.array([x1 - x0, y1 - y0] * 2, np.float32)
-  boxes = np.clip(clip.boxes - np.array([x0, y0, x0, y0], np.float32), 0, limit) * scale
+  boxes = _boxes_in_region(clip.boxes, region) * np.array(
+      [out_w / (x1 - x0), out_h / (y1 - y0)] * 2, np.float32)
+  caption = clip.caption
+  if mirror:
+    boxes = np.stack([out_w - boxes[:, 2], boxes[:, 1], out_w - boxes[:, 0], boxes[:, 3]], 1)
+    caption = swap_left_right(caption)
   boxes = np.where(clip.valid[:, None], boxes, 0).astype(np.float32)
-  return dataclasses.replace(clip, frames=frames, masks=masks, boxes=boxes)
+  return Clip(frames, masks, boxes, clip.valid, caption)
 
 
 def check(clip: Clip) -> Clip:
@@ -200,32 +238,37 @@ def swap_left_right(caption: str) -> str:
   return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", caption)
 
 
-def hflip(clip: Clip) -> Clip:
-  """Mirrors frames, masks and boxes left-right and swaps left/right in the caption."""
-  w = clip.size[1]
-  boxes = np.stack([w - clip.boxes[:, 2], clip.boxes[:, 1], w - clip.boxes[:, 0],
-                    clip.boxes[:, 3]], axis=1)
-  return Clip(frames=clip.frames[:, :, ::-1].copy(), masks=clip.masks[:, :, ::-1].copy(),
-              boxes=np.where(clip.valid[:, None], boxes, 0).astype(np.float32),
-              valid=clip.valid, caption=swap_left_right(clip.caption))
+def channel_max(rgb: np.ndarray) -> np.ndarray:
+  """max(R, G, B) of (..., 3) RGB: (...) the HSV value."""
+  return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
-def random_hflip(clip: Clip, rng: np.random.Generator, p: float = 0.5) -> Clip:
-  return hflip(clip) if rng.random() < p else clip
-
-
-def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+def scale_saturation(x: np.ndarray, factor: float, value: np.ndarray | None = None,
+                     out: np.ndarray | None = None) -> np.ndarray:
   """Scales the HSV saturation of (..., 3) float RGB, keeping hue and value.
 
-  With V = max(R, G, B), each channel c becomes V - factor (V - c): the original's
-  RGB -> HSV -> S *= factor -> RGB round trip in closed form.
+  With V = max(R, G, B) (`value`, (...), if already known), each channel c becomes
+  V - factor (V - c): the original's RGB -> HSV -> S *= factor -> RGB round trip in closed
+  form. `out` may be `x`.
   """
-  value = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])[..., None]
-  return factor * x + (1 - factor) * value
+  grey = (1 - factor) * (channel_max(x) if value is None else value)
+  out = np.multiply(x, factor, out=out)
+  for c in range(3):  # Faster than broadcasting grey over a length-3 axis.
+    out[..., c] += grey
+  return out
 
 
-def photometric_distort(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """The original's PhotometricDistort on one (H, W, 3) uint8 frame.
+def _brighten(x: np.ndarray, delta: float) -> np.ndarray:
+  """x + delta clipped to [0, 255], in place."""
+  if delta:
+    x += delta
+    np.clip(x, 0, 255, out=x)
+  return x
+
+
+def photometric_distort(frame: np.ndarray, rng: np.random.Generator,
+                        out: np.ndarray | None = None) -> np.ndarray:
+  """The original's PhotometricDistort on one (H, W, 3) uint8 frame, into `out` if given.
 
   Brightness ±32 (p .5, clipped); contrast 0.8-1.2 (p .5) and saturation 0.8-1.2 (p .5),
   which the original applies in a random order, but which commute (both are linear and
@@ -233,57 +276,46 @@ def photometric_distort(frame: np.ndarray, rng: np.random.Generator) -> np.ndarr
   commutes with the rest. The result is clipped to [0, 255] (the original casts
   out-of-range floats to uint8 unclipped).
   """
-  x = frame.astype(np.float32)
-  if rng.integers(2):
-    x += rng.uniform(-32, 32)
-    np.clip(x, 0, 255, out=x)
+  brightness = rng.uniform(-32, 32) if rng.integers(2) else 0.0
   contrast = rng.uniform(0.8, 1.2) if rng.integers(2) else 1.0
   saturation = rng.uniform(0.8, 1.2) if rng.integers(2) else 1.0
+  x = _brighten(frame.astype(np.float32), brightness)
   if saturation != 1.0:
-    x = scale_saturation(x, saturation)
-  x *= contrast
+    # Brightening is monotone, so it commutes with the channel max, cheaper on uint8.
+    value = _brighten(channel_max(frame).astype(np.float32), brightness)
+    scale_saturation(x, saturation, value, out=x)
+  if contrast != 1.0:
+    x *= contrast
   np.clip(x, 0, 255, out=x)
-  out = x.astype(np.uint8)
   if rng.random() < 0.2:
-    out = out[..., _pick(rng, _CHANNEL_ORDERS)]
+    x = x[..., _pick(rng, _CHANNEL_ORDERS)]
+  out = np.empty(frame.shape, np.uint8) if out is None else out
+  out[...] = x  # Truncates, as astype(uint8).
   return out
 
 
 def random_photometric(clip: Clip, rng: np.random.Generator) -> Clip:
-  frames = np.stack([photometric_distort(f, rng) for f in clip.frames])
+  frames = np.empty(clip.frames.shape, np.uint8)
+  for frame, out in zip(clip.frames, frames):
+    photometric_distort(frame, rng, out)
   return dataclasses.replace(clip, frames=frames)
 
 
 def augment(clip: Clip, rng: np.random.Generator, geometry: Geometry,
             aug: Augmentation = Augmentation()) -> Clip:
-  """The training augmentation after `random_geometry`: resample + check -> random_hflip ->
-  photometric per frame."""
-  clip = check(resample(clip, geometry.region, geometry.shape))
-  return random_photometric(random_hflip(clip, rng, aug.flip_prob), rng)
+  """The training augmentation after `random_geometry`: resample, mirrored with probability
+  flip_prob (drawn first), + check -> photometric per frame."""
+  mirror = bool(rng.random() < aug.flip_prob)
+  clip = check(resample(clip, geometry.region, geometry.shape, mirror))
+  return random_photometric(clip, rng)
 
 
-def eval_resize(frames: np.ndarray, size: int = EVAL_SIZE, max_size: int = EVAL_MAX_SIZE
-                ) -> np.ndarray:
-  """Resizes (T, H, W, 3) uint8 frames to shorter side `size`, longer <= max_size (bilinear)."""
-  h, w = resized_shape(frames.shape[1], frames.shape[2], size, max_size)
-  return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR))
-                   for f in frames])
-
-
-def normalize(frames: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-              shape: tuple[int, int] | None = None) -> np.ndarray:
-  """(T, H, W, 3) uint8 RGB -> float32 (x / 255 - mean) / std (ImageNet statistics by
-  default), zero-padded at the bottom/right to `shape` (H', W') if given."""
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  t, h, w, c = frames.shape
-  out_h, out_w = shape or (h, w)
-  if out_h < h or out_w < w:
-    raise ValueError(f"cannot pad {h}x{w} frames to {out_h}x{out_w}")
-  out = np.zeros((t, out_h, out_w, c), np.float32)
-  view = out[:, :h, :w]
-  np.multiply(frames, 1 / (255 * std), out=view)
-  view -= mean / std
-  return out
+def eval_resize(frames: np.ndarray | list[Image.Image], size: int = EVAL_SIZE,
+                max_size: int = EVAL_MAX_SIZE) -> np.ndarray:
+  """Resizes (T, H, W, 3) uint8 frames (or T RGB PIL images) to shorter side `size`, longer
+  <= max_size (bilinear): (T, h, w, 3) uint8."""
+  h, w = resized_shape(*_frame_size(frames), size, max_size)
+  return np.stack([np.asarray(_image(f).resize((w, h), Image.BILINEAR)) for f in frames])
 
 
 def boxes_cxcywh(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -311,15 +343,21 @@ def pad_multiple(size: tuple[int, int], multiple: int) -> tuple[int, int]:
   return tuple(-(-s // multiple) * multiple for s in size)
 
 
-def pad(array: np.ndarray, shape: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
-  """Zero-pads `array` at the bottom/right of `axes` to `shape`."""
-  out_shape = list(array.shape)
+def pad_batch(arrays, shape: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
+  """Stacks arrays of one dtype, each zero-padded at the bottom/right of `axes` to `shape`.
+
+  Each array is copied once, into its corner of one zeroed (N, ...) result; `axes` count
+  the arrays' own axes (e.g. (1, 2) for (T, h, w, 3) frames padded to (T, H, W, 3)).
+  """
+  out_shape = list(arrays[0].shape)
   for axis, target in zip(axes, shape):
-    if target < array.shape[axis]:
-      raise ValueError(f"cannot pad axis {axis} of size {array.shape[axis]} to {target}")
     out_shape[axis] = target
-  out = np.zeros(out_shape, array.dtype)
-  out[tuple(slice(0, n) for n in array.shape)] = array
+  out = np.zeros([len(arrays)] + out_shape, arrays[0].dtype)
+  for i, array in enumerate(arrays):
+    for axis, target in zip(axes, shape):
+      if target < array.shape[axis]:
+        raise ValueError(f"cannot pad axis {axis} of size {array.shape[axis]} to {target}")
+    out[(i,) + tuple(slice(0, n) for n in array.shape)] = array
   return out
 
 

@@ -22,6 +22,7 @@ from data_pipelines import sampling
 from data_pipelines import shards
 from data_pipelines import synthetic
 from data_pipelines import transforms
+from vdit_jax.models import normalize
 
 H, W, NUM_FRAMES = 48, 64, 8
 BUCKETS = ((72, 96), (96, 72), (96, 96))
@@ -146,11 +147,13 @@ def test_batch_contents(dataset_dirs):
     b, t = 3, 5
     hp, wp = batch["pad_mask"].shape[1:]
     assert (hp, wp) in BUCKETS
-    assert batch["frames"].shape == (b, t, hp, wp, 3) and batch["frames"].dtype == np.float32
+    assert batch["frames"].shape == (b, t, hp, wp, 3) and batch["frames"].dtype == np.uint8
     assert batch["masks"].shape == (b, t, hp, wp) and batch["masks"].dtype == bool
     assert batch["boxes"].shape == (b, t, 4) and batch["valid"].shape == (b, t)
     np.testing.assert_array_equal(batch["caption_length"],
                                   [len(c) for c in batch["caption"]])
+    # The bucket is the smallest that holds every clip of the batch.
+    assert (hp, wp) == transforms.choose_bucket(batch["size"], BUCKETS)
     for i in range(b):
       h, w = batch["size"][i]
       assert max(h, w) <= 96 and (min(h, w) in (64, 72) or max(h, w) == 96)
@@ -293,15 +296,22 @@ def test_eval_only_config(dataset_dirs):
 
 def test_bucket_batch_pads_mixed_orientations():
   def example(h, w):
-    return {"frames": np.ones((2, h, w, 3), np.float32),
-            "pad_mask": np.zeros((h, w), bool), "caption": "x"}
-  batch = pipeline._BucketBatch(BUCKETS)([example(72, 96), example(96, 72)])
-  assert batch["frames"].shape == (2, 2, 96, 96, 3)
+    return {"frames": np.full((2, h, w, 3), 5, np.uint8), "masks": np.ones((2, h, w), bool),
+            "size": np.array([h, w], np.int32), "caption": "x"}
+  batch = pipeline._BucketBatch(BUCKETS)([example(72, 90), example(96, 70)])
+  assert batch["frames"].shape == (2, 2, 96, 96, 3) and batch["frames"].dtype == np.uint8
+  assert batch["masks"].shape == (2, 2, 96, 96)
   rows, cols = np.mgrid[:96, :96]
-  np.testing.assert_array_equal(batch["pad_mask"][0], rows >= 72)
-  np.testing.assert_array_equal(batch["pad_mask"][1], cols >= 72)
-  assert batch["frames"][0, :, :72].all() and not batch["frames"][0, :, 72:].any()
+  np.testing.assert_array_equal(batch["pad_mask"][0], (rows >= 72) | (cols >= 90))
+  np.testing.assert_array_equal(batch["pad_mask"][1], cols >= 70)
+  for i in range(2):
+    np.testing.assert_array_equal(batch["masks"][i, 0], ~batch["pad_mask"][i])
+    np.testing.assert_array_equal(batch["frames"][i, 1, ..., 2], 5 * ~batch["pad_mask"][i])
   assert list(batch["caption"]) == ["x", "x"]
+  np.testing.assert_array_equal(batch["size"], [[72, 90], [96, 70]])
+  # Clips that fit a landscape bucket together get it, not the square one.
+  batch = pipeline._BucketBatch(BUCKETS)([example(72, 90), example(60, 96)])
+  assert batch["frames"].shape == (2, 2, 72, 96, 3)
 
 
 def _corrupt_feature(data, name, index, value):
@@ -382,7 +392,7 @@ def test_worker_processes_restore(dataset_dirs, tmp_path):
 
 def test_synthetic_raw_to_built_shards_to_batches(tmp_path):
   """D's synthetic Ref-YTVOS -> E1's build -> the pipelines; eval frames equal the raw JPEGs
-  resized and normalised with PIL / numpy."""
+  resized with PIL, and normalised on the device as numpy normalises them, padding 0."""
   raw_root, out = str(tmp_path / "raw"), str(tmp_path / "shards")
   synthetic.write("ytvos", raw_root, num_videos=2, num_frames=6)
   for split in ("train", "valid"):
@@ -396,9 +406,15 @@ def test_synthetic_raw_to_built_shards_to_batches(tmp_path):
     window = next(it)
   video, names = str(window["video_id"][0]), window["frame_names"][0]
   h, w = window["size"][0]
+  assert window["frames"].dtype == np.uint8 and not window["frames"][0][:, h:, w:].any()
+  mean, std = np.array(config.data.mean), np.array(config.data.std)
+  normalised = np.asarray(normalize.normalize_frames(window["frames"], window["pad_mask"],
+                                                     config.data.mean, config.data.std))
+  assert not normalised[0][:, window["pad_mask"][0]].any()
   for t, name in enumerate(names[window["frame_valid"][0]]):
     path = os.path.join(raw_root, "valid", "JPEGImages", video, f"{name}.jpg")
     with Image.open(path) as image:
       reference = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR))
-    reference = (reference / 255 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
-    np.testing.assert_allclose(window["frames"][0, t, :h, :w], reference, atol=1e-5)
+    np.testing.assert_array_equal(window["frames"][0, t, :h, :w], reference)
+    np.testing.assert_allclose(normalised[0, t, :h, :w], (reference / 255 - mean) / std,
+                               rtol=0, atol=1e-6)

@@ -3,6 +3,7 @@
 import colorsys
 import dataclasses
 import io
+import itertools
 
 import numpy as np
 from PIL import Image
@@ -42,18 +43,27 @@ def test_mask_boxes():
   np.testing.assert_array_equal(clip.valid, [True, True, False])
 
 
-def test_hflip_mirrors_consistently():
+def test_mirrored_resample_flips_consistently():
   clip = _clip()
-  flipped = transforms.hflip(clip)
+  flipped = transforms.resample(clip, (0, 0, 80, 60), clip.size, mirror=True)
   np.testing.assert_array_equal(flipped.frames, clip.frames[:, :, ::-1])
   np.testing.assert_array_equal(flipped.masks, clip.masks[:, :, ::-1])
   # Boxes recomputed from the flipped masks equal the flipped boxes.
   np.testing.assert_array_equal(flipped.boxes, _reference_boxes(flipped.masks))
   np.testing.assert_array_equal(flipped.valid, clip.valid)
   assert flipped.caption == "the dog on the right of the bright cat"
-  twice = transforms.hflip(flipped)
+  twice = transforms.resample(flipped, (0, 0, 80, 60), clip.size, mirror=True)
   assert twice.caption == clip.caption
   np.testing.assert_array_equal(twice.boxes, clip.boxes)
+  # With a crop and a resize: the mirror image of the unmirrored resample.
+  region, (out_h, out_w) = (10, 5, 70, 50), (36, 48)
+  plain = transforms.resample(clip, region, (out_h, out_w))
+  mirrored = transforms.resample(clip, region, (out_h, out_w), mirror=True)
+  np.testing.assert_array_equal(mirrored.frames, plain.frames[:, :, ::-1])
+  np.testing.assert_array_equal(mirrored.masks, plain.masks[:, :, ::-1])
+  x0, y0, x1, y1 = plain.boxes.T
+  expected = np.stack([out_w - x1, y0, out_w - x0, y1], 1) * plain.valid[:, None]
+  np.testing.assert_allclose(mirrored.boxes, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("caption,expected", [
@@ -128,6 +138,27 @@ def test_crop_marks_vanished_objects_invalid():
   # As in the original, a box is cropped as a box: frame 1's box spans both its blobs, so the
   # cropped box starts at the crop's edge although the left blob is gone.
   np.testing.assert_allclose(out.boxes[1], [0, 0, 38, 25], atol=1e-5)
+  # The boxes alone tell which frames can stay valid, before resampling.
+  np.testing.assert_array_equal(transforms.visible_in(clip.boxes, clip.valid, (40, 30, 80, 60)),
+                                [False, True, False])
+
+
+def test_visible_in_is_necessary_for_validity():
+  """Over random crops, a frame that `check` keeps after `resample` is `visible_in` the crop;
+  a box that lies outside the crop never is."""
+  clip = _clip(t=3, h=72, w=128)
+  outside = 0
+  for seed in range(40):
+    geometry = transforms.random_geometry(np.random.default_rng(seed), *clip.size)
+    out = transforms.check(transforms.resample(clip, geometry.region, geometry.shape))
+    visible = transforms.visible_in(clip.boxes, clip.valid, geometry.region)
+    assert np.all(visible >= out.valid)
+    x0, y0, x1, y1 = geometry.region
+    for box, v, valid in zip(clip.boxes, visible, clip.valid):
+      apart = box[0] >= x1 or box[2] <= x0 or box[1] >= y1 or box[3] <= y0
+      outside += valid and apart
+      assert not v or not apart
+  assert outside > 0
 
 
 def test_random_geometry_sizes_within_scales():
@@ -174,6 +205,12 @@ def test_draft_decoding_keeps_the_view():
   a = transforms.resample(full, geometry.region, geometry.shape).frames.astype(int)
   b = transforms.resample(drafted, geometry.region, geometry.shape).frames.astype(int)
   assert np.abs(a - b).mean() < 2.0
+  # The decoded image itself (as the pipeline passes it) resamples exactly as its array.
+  as_image = dataclasses.replace(full, frames=[image])
+  for mirror in (False, True):
+    np.testing.assert_array_equal(
+        transforms.resample(as_image, geometry.region, geometry.shape, mirror).frames,
+        transforms.resample(drafted, geometry.region, geometry.shape, mirror).frames)
 
 
 def test_scale_saturation_matches_hsv_round_trip():
@@ -199,6 +236,32 @@ def test_photometric_keeps_geometry():
   assert changed >= 8
 
 
+def _photometric_float64(frame, rng):
+  """PhotometricDistort in float64, drawing as photometric_distort does: brightness (clipped),
+  contrast, saturation (V - s (V - c), checked against colorsys above), channel order."""
+  x = frame.astype(float)
+  if rng.integers(2):
+    x = np.clip(x + rng.uniform(-32, 32), 0, 255)
+  contrast = rng.uniform(0.8, 1.2) if rng.integers(2) else 1.0
+  saturation = rng.uniform(0.8, 1.2) if rng.integers(2) else 1.0
+  value = x.max(axis=-1, keepdims=True)
+  x = np.clip(contrast * (value - saturation * (value - x)), 0, 255)
+  if rng.random() < 0.2:
+    x = x[..., list(itertools.permutations(range(3)))[rng.integers(6)]]
+  return np.floor(x)
+
+
+def test_photometric_matches_float64_reference():
+  frames = _smooth_frames(40, 24, 32, seed=5)
+  off_by_one = 0
+  for seed, frame in enumerate(frames):
+    out = transforms.photometric_distort(frame, np.random.default_rng(seed))
+    diff = np.abs(out - _photometric_float64(frame, np.random.default_rng(seed)))
+    assert diff.max() <= 1, seed  # float32 vs float64 at a truncation boundary
+    off_by_one += np.count_nonzero(diff)
+  assert off_by_one <= 1e-3 * frames.size, off_by_one
+
+
 def test_photometric_on_gray_is_one_brightness_and_contrast():
   """On a gray frame saturation and channel swaps do nothing: what is left is
   out = contrast * (in + brightness), contrast in [0.8, 1.2], |brightness| <= 32."""
@@ -217,15 +280,7 @@ def test_photometric_on_gray_is_one_brightness_and_contrast():
   assert len({round(s, 2) for s in slopes}) > 5
 
 
-def test_normalize_and_boxes():
-  frames = np.array([[[[0, 128, 255]]]], np.uint8)
-  ref = (np.array([0, 128, 255]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-  np.testing.assert_allclose(transforms.normalize(frames)[0, 0, 0], ref, rtol=1e-6)
-  padded = transforms.normalize(frames, shape=(2, 3))
-  assert padded.shape == (1, 2, 3, 3) and padded.dtype == np.float32
-  np.testing.assert_allclose(padded[0, 0, 0], ref, rtol=1e-6)
-  padded[0, 0, 0] = 0
-  assert not padded.any()
+def test_boxes_cxcywh():
   boxes = np.array([[10, 20, 30, 60]], np.float32)
   np.testing.assert_allclose(transforms.boxes_cxcywh(boxes, (100, 200)),
                              [[20 / 200, 40 / 100, 20 / 200, 40 / 100]])
@@ -238,12 +293,17 @@ def test_buckets_and_padding():
   assert transforms.choose_bucket([(400, 600), (600, 400)], buckets) == (640, 640)
   with pytest.raises(ValueError, match="no bucket holds 700x600"):
     transforms.choose_bucket([(700, 600)], buckets)
-  frames = np.ones((2, 3, 5, 3), np.float32)
-  padded = transforms.pad(frames, (4, 7), (1, 2))
-  assert padded.shape == (2, 4, 7, 3)
-  assert padded[:, :3, :5].all() and not padded[:, 3:].any() and not padded[:, :, 5:].any()
+  frames = [np.full((2, 3, 5, 3), 7, np.uint8), np.full((2, 4, 2, 3), 9, np.uint8)]
+  padded = transforms.pad_batch(frames, (4, 7), (1, 2))
+  assert padded.shape == (2, 2, 4, 7, 3) and padded.dtype == np.uint8
+  for out, array in zip(padded, frames):
+    _, h, w, _ = array.shape
+    np.testing.assert_array_equal(out[:, :h, :w], array)
+    assert not out[:, h:].any() and not out[:, :, w:].any()
   mask = transforms.padding_mask((3, 5), (4, 7))
-  np.testing.assert_array_equal(mask, padded[0, :, :, 0] == 0)
+  np.testing.assert_array_equal(mask, padded[0, 0, :, :, 0] == 0)
+  with pytest.raises(ValueError, match="cannot pad axis 2 of size 5 to 4"):
+    transforms.pad_batch(frames, (4, 4), (1, 2))
   assert transforms.pad_multiple((360, 481), 16) == (368, 496)
 
 
@@ -253,6 +313,8 @@ def test_eval_resize_matches_pil():
   assert out.shape == (2, 360, 640, 3)
   np.testing.assert_array_equal(
       out[1], np.asarray(Image.fromarray(frames[1]).resize((640, 360), Image.BILINEAR)))
+  np.testing.assert_array_equal(
+      transforms.eval_resize([Image.fromarray(f) for f in frames]), out)
 
 
 def test_warp_projective_translation_and_identity():

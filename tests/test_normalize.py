@@ -1,0 +1,70 @@
+"""On-device normalisation vs the original's host path (torchvision ToTensor + Normalize, then
+the collate's zero padding) in torch, and a float64 hand computation."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from vdit_jax.models import normalize
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SIZES = ((5, 7), (3, 6))  # (h, w) of each clip before padding
+PADDED = (6, 8)
+
+
+@pytest.fixture(scope="module")
+def normalize_jit():
+  return jax.jit(normalize.normalize_frames)
+
+
+def _batch(t=3):
+  """uint8 frames zero-padded at the bottom/right to PADDED, as the pipelines emit them, with
+  every 8-bit value present; and the unpadded frames."""
+  rng = np.random.default_rng(0)
+  clips = [rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8) for h, w in SIZES]
+  clips[0].reshape(-1)[:256] = np.arange(256)
+  frames = np.zeros((len(SIZES), t, *PADDED, 3), np.uint8)
+  pad_mask = np.ones((len(SIZES), *PADDED), bool)
+  for i, (clip, (h, w)) in enumerate(zip(clips, SIZES)):
+    frames[i, :, :h, :w] = clip
+    pad_mask[i, :h, :w] = False
+  return frames, pad_mask, clips
+
+
+def _torch_original(clips):
+  """The original: per frame ToTensor (CHW float / 255) and Normalize in float32, then the
+  collate's zeros tensor with each clip copied into its top-left corner; channels last."""
+  mean = torch.tensor(MEAN, dtype=torch.float32)[:, None, None]
+  std = torch.tensor(STD, dtype=torch.float32)[:, None, None]
+  out = torch.zeros((len(clips), clips[0].shape[0], 3, *PADDED), dtype=torch.float32)
+  for i, clip in enumerate(clips):
+    for t, frame in enumerate(clip):
+      x = torch.from_numpy(frame).permute(2, 0, 1).float().div(255)
+      out[i, t, :, :frame.shape[0], :frame.shape[1]] = x.sub(mean).div(std)
+  return out.permute(0, 1, 3, 4, 2).numpy()
+
+
+def test_matches_the_original_host_path(normalize_jit):
+  frames, pad_mask, clips = _batch()
+  out = np.asarray(normalize_jit(frames, pad_mask, MEAN, STD))
+  assert out.dtype == np.float32 and out.shape == frames.shape
+  reference = _torch_original(clips)
+  np.testing.assert_allclose(out, reference, rtol=0, atol=1e-6)
+  hand = (frames / 255.0 - np.array(MEAN)) / np.array(STD)
+  hand[np.broadcast_to(pad_mask[:, None, :, :, None], hand.shape)] = 0
+  np.testing.assert_allclose(out, hand, rtol=0, atol=1e-6)
+  # Padding is 0 in normalised space, not the normalised black (0 - mean) / std.
+  assert not out[0, :, 5:].any() and not out[1, :, :, 6:].any()
+  assert np.all(out[1, :, :3, :6] != 0)
+
+
+def test_bad_shapes_are_named():
+  frames, pad_mask, _ = _batch()
+  with pytest.raises(ValueError, match=r"frames must be \(B, T, H, W, C\) uint8"):
+    normalize.normalize_frames(frames.astype(np.float32), pad_mask, MEAN, STD)
+  with pytest.raises(ValueError, match=r"pad_mask shape \(2, 8, 6\)"):
+    normalize.normalize_frames(frames, pad_mask.transpose(0, 2, 1), MEAN, STD)
+  with pytest.raises(ValueError, match="one value per channel"):
+    normalize.normalize_frames(frames, pad_mask, MEAN[:2], STD)
