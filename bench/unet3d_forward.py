@@ -1,0 +1,99 @@
+"""Jitted Flax UNet3D forward vs diffusers PyTorch forward on the same CPU, same weights.
+
+Mid-size ModelScope-shaped config (block_out_channels 64/128/256/256, everything else as the
+real model), random weights moved by the production converter. Prints the JAX compile
+time, median step times of both, the JAX/PyTorch ratio and the output difference.
+
+  /work/venv/bin/python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from diffusers import UNet3DConditionModel as TorchUNet3D
+from flax import nnx
+
+from vdit_jax.convert.diffusers import unet3d_from_diffusers
+
+CONFIG = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention_head_dim=64,
+              cross_attention_dim=1024, norm_num_groups=32)
+CONTEXT_LEN = 77
+TIMESTEP = 0
+
+
+def _medians(fns, steps: int, rounds: int = 2) -> list[float]:
+  """Median seconds of each fn over `rounds` blocks of steps, blocks alternating between fns.
+
+  Blocks, not single steps, alternate: XLA's and torch's worker threads spin for a while
+  after each call and would slow the other down; alternating blocks spreads drifting load
+  from other processes over both.
+  """
+  times = [[] for _ in fns]
+  for _ in range(rounds):
+    for fn, fn_times in zip(fns, times):
+      fn()
+      for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        fn_times.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--frames", type=int, default=5)
+  parser.add_argument("--height", type=int, default=32)
+  parser.add_argument("--width", type=int, default=40)
+  parser.add_argument("--steps", type=int, default=4)
+  args = parser.parse_args()
+
+  threads = os.cpu_count()
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  torch_model = TorchUNet3D(**CONFIG).eval()
+  with torch.no_grad():
+    for p in torch_model.parameters():
+      p.normal_(0.0, 0.02)
+  model = unet3d_from_diffusers(torch_model)
+
+  rng = np.random.default_rng(0)
+  shape = (args.batch, args.frames, args.height, args.width, 4)
+  sample = rng.standard_normal(shape, np.float32)
+  context = rng.standard_normal((args.batch, CONTEXT_LEN, 1024), np.float32)
+  torch_sample = torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
+  torch_context = torch.from_numpy(context)
+
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda st, x, c: nnx.merge(graphdef, st)(x, TIMESTEP, c))
+  x, c = jnp.asarray(sample), jnp.asarray(context)
+  start = time.perf_counter()
+  compiled = forward.lower(state, x, c).compile()
+  compile_s = time.perf_counter() - start
+  out = np.asarray(compiled(state, x, c))
+
+  def torch_step():
+    with torch.no_grad():
+      return torch_model(torch_sample, TIMESTEP, torch_context).sample
+
+  ref = torch_step().numpy().transpose(0, 2, 3, 4, 1)
+  jax_s, torch_s = _medians(
+      [lambda: compiled(state, x, c).block_until_ready(), torch_step], args.steps)
+
+  print(f"config {CONFIG}, sample (B, F, H, W, C) = {shape}, context {context.shape}")
+  print(f"CPU threads: os.cpu_count() = {threads} (XLA default), torch.set_num_threads({threads});"
+        f" jax {jax.__version__}, torch {torch.__version__}")
+  print(f"jax compile: {compile_s:.1f} s")
+  print(f"median of 2 x {args.steps}: jax {jax_s * 1e3:.0f} ms, torch {torch_s * 1e3:.0f} ms, "
+        f"ratio jax/torch {jax_s / torch_s:.2f}")
+  print(f"max |jax - torch| = {np.abs(out - ref).max():.2e} (max |torch| {np.abs(ref).max():.2e})")
+
+
+if __name__ == "__main__":
+  main()

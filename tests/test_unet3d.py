@@ -1,0 +1,401 @@
+"""UNet3D parity with diffusers' PyTorch UNet3DConditionModel, weights moved by the converter.
+
+Tiny random configs; every jitted forward is built once per module (XLA compile time
+dominates on 2 cores) and shared by the tests that need it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet3DConditionModel as TorchUNet3D
+from diffusers.models.resnet import TemporalConvLayer as TorchTemporalConv
+from diffusers.models.transformers.transformer_2d import Transformer2DModel as Torch2D
+from diffusers.models.transformers.transformer_temporal import (
+    TransformerTemporalModel as TorchTemporal)
+from flax import nnx
+
+from vdit_jax.convert import core
+from vdit_jax.convert.diffusers import UNET3D_RULES, host_rngs, unet3d_from_diffusers
+from vdit_jax.models import transformer_blocks, unet3d_layers
+from vdit_jax.models.unet3d import (TAP_NAMES, UNet3DConditionModel, UNet3DConfig,
+                                   per_frame_context)
+
+# The ModelScope config.json (damo-vilab/text-to-video-ms-1.7b, unet/).
+MODELSCOPE_CONFIG = {
+    "_class_name": "UNet3DConditionModel", "_diffusers_version": "0.17.0.dev0",
+    "act_fn": "silu", "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+    "downsample_padding": 1, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
+    "sample_size": 32, "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
+}
+# ModelScope's four-level layout at toy widths; one layer per block.
+CFG_FOUR_LEVELS = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1,
+                       norm_num_groups=4, cross_attention_dim=12, attention_head_dim=8)
+# Three levels, two layers per block, 3 heads at the middle level.
+CFG_THREE_LEVELS = dict(
+    block_out_channels=(16, 24, 32), layers_per_block=2, norm_num_groups=4,
+    cross_attention_dim=12, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"))
+# One level, for the dropout and remat tests (no taps needed).
+CFG_ONE_LEVEL = dict(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                     cross_attention_dim=12, attention_head_dim=8,
+                     down_block_types=("CrossAttnDownBlock3D",),
+                     up_block_types=("CrossAttnUpBlock3D",))
+BF16_TOLERANCE = 6e-2
+CONTEXT_LEN = 5
+TIMESTEP = 7
+
+
+def _torch_unet(cfg: dict, seed: int) -> TorchUNet3D:
+  """A diffusers UNet3D with every parameter random (norm scales around 1), eval mode."""
+  torch.manual_seed(seed)
+  model = TorchUNet3D(**cfg).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.normal_(0.0, 0.05)
+      if "norm" in name and name.endswith("weight"):
+        p.add_(1.0)
+  return model
+
+
+def _to_torch(x: np.ndarray) -> torch.Tensor:
+  """(B, F, H, W, C) -> torch (B, C, F, H, W)."""
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
+
+
+def _from_frames(t: torch.Tensor, b: int) -> np.ndarray:
+  """torch (B*F, C, h, w) -> (B, F, h, w, C)."""
+  x = t.detach().numpy()
+  return x.reshape((b, -1) + x.shape[1:]).transpose(0, 1, 3, 4, 2)
+
+
+def _torch_forward(model: TorchUNet3D, sample: np.ndarray, context: np.ndarray, *,
+                   per_frame: bool = True, skip_temporal: bool = False, taps: bool = True):
+  """diffusers forward with tap hooks on context (B, F, L, D).
+
+  per_frame: feed each frame its own context through pre-hooks on the blocks; otherwise
+    diffusers repeats context[:, 0] over the frames itself.
+
+  skip_temporal: make transformer_in, temp_convs and temp_attentions identities (VD-IT's
+  single-frame behaviour).
+  taps: also return the taps (torch layout converted to (B, F, h, w, C)).
+  """
+  b = sample.shape[0]
+  frame_context = torch.from_numpy(context.reshape((-1,) + context.shape[2:]))
+  tapped, handles = {}, []
+
+  def use_frame_context(_, args, kwargs):
+    if "encoder_hidden_states" in kwargs:
+      kwargs["encoder_hidden_states"] = frame_context
+    return args, kwargs
+
+  def tap(name, index=None):
+    def hook(_, __, out):
+      tapped[name] = _from_frames(out if index is None else out[index], b)
+    return hook
+
+  blocks = list(model.down_blocks) + [model.mid_block] + list(model.up_blocks)
+  if per_frame:
+    handles += [blk.register_forward_pre_hook(use_frame_context, with_kwargs=True)
+                for blk in blocks]
+  if skip_temporal:
+    identity = lambda _, args, out: (args[0],) if isinstance(out, tuple) else args[0]
+    temporal = [model.transformer_in] + [m for blk in blocks for m in (
+        list(blk.temp_convs) + list(getattr(blk, "temp_attentions", [])))]
+    handles += [m.register_forward_hook(identity) for m in temporal]
+  if taps:
+    handles.append(model.transformer_in.register_forward_hook(tap("transformer_in", 0)))
+    for i in (0, 1):
+      handles.append(model.down_blocks[i].register_forward_hook(tap(f"down{i}", 0)))
+    for i in (0, 1, 2):
+      handles.append(model.up_blocks[i].register_forward_hook(tap(f"up{i}")))
+  with torch.no_grad():
+    out = model(_to_torch(sample), TIMESTEP, torch.from_numpy(context[:, 0])).sample
+  for h in handles:
+    h.remove()
+  return out.numpy().transpose(0, 2, 3, 4, 1), tapped
+
+
+# Tests compile at XLA's lowest optimisation level: half the compile time of the default on
+# these graphs, and numerics stay within the parity tolerance.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _compiled(fn, *args):
+  """fn jitted and compiled for these arguments (pytrees of arrays)."""
+  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)
+
+
+def _jitted(model: nnx.Module, sample, context, **call_kwargs):
+  """(sample, context) -> model(sample, TIMESTEP, context, return_taps=True), compiled once."""
+  graphdef, state = nnx.split(model)
+  fn = _compiled(lambda st, x, ctx: nnx.merge(graphdef, st)(
+      x, TIMESTEP, ctx, return_taps=True, **call_kwargs), state, sample, context)
+  return functools.partial(fn, state)
+
+
+def _assert_close(name: str, got, ref: np.ndarray):
+  got = np.asarray(got, np.float32)
+  assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+  err, tol = np.abs(got - ref).max(), 1e-4 * max(1.0, np.abs(ref).max())
+  assert err <= tol, f"{name}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def _assert_parity(out, taps, ref_out, ref_taps):
+  if ref_out is not None:
+    _assert_close("output", out, ref_out)
+  assert set(taps) == set(TAP_NAMES)
+  for name in TAP_NAMES:
+    _assert_close(name, taps[name], ref_taps[name])
+
+
+def _inputs(batch: int, frames: int, h: int, w: int, seed: int):
+  rng = np.random.default_rng(seed)
+  sample = rng.standard_normal((batch, frames, h, w, 4), np.float32)
+  context = rng.standard_normal((batch, frames, CONTEXT_LEN, 12), np.float32)
+  return sample, context
+
+
+# Input shapes (batch, frames, latent h, latent w) each model is compiled for; 20x28 is not
+# a multiple of 8, so the up path resizes to the skip sizes.
+SHAPE_FOUR_LEVELS = (2, 3, 20, 28)
+SHAPE_THREE_LEVELS = (2, 1, 16, 16)
+SHAPE_ONE_LEVEL = (1, 3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def four_levels():
+  """(torch model, converted NNX model, compiled forward for SHAPE_FOUR_LEVELS)."""
+  torch_model = _torch_unet(CFG_FOUR_LEVELS, seed=0)
+  model = unet3d_from_diffusers(torch_model)
+  return torch_model, model, _jitted(model, *_inputs(*SHAPE_FOUR_LEVELS, seed=0))
+
+
+@pytest.fixture(scope="module")
+def three_levels():
+  torch_model = _torch_unet(CFG_THREE_LEVELS, seed=1)
+  model = unet3d_from_diffusers(torch_model)
+  return torch_model, model, _jitted(model, *_inputs(*SHAPE_THREE_LEVELS, seed=0))
+
+
+def test_parity_shared_context_frames3_latent20x28(four_levels):
+  torch_model, _, forward = four_levels
+  sample, context = _inputs(*SHAPE_FOUR_LEVELS, seed=0)
+  shared = np.repeat(context[:, :1], 3, axis=1)
+  ref_out, ref_taps = _torch_forward(torch_model, sample, shared, per_frame=False)
+  out, taps = forward(jnp.asarray(sample), jnp.asarray(shared))
+  _assert_parity(out, taps, ref_out, ref_taps)
+
+
+def test_parity_per_frame_context(four_levels):
+  torch_model, _, forward = four_levels
+  sample, context = _inputs(*SHAPE_FOUR_LEVELS, seed=1)
+  ref_out, ref_taps = _torch_forward(torch_model, sample, context)
+  out, taps = forward(jnp.asarray(sample), jnp.asarray(context))
+  _assert_parity(out, taps, ref_out, ref_taps)
+
+
+def test_per_frame_context_repeats_a_shared_context_over_frames():
+  context = np.random.default_rng(2).standard_normal((2, CONTEXT_LEN, 12), np.float32)
+  got = per_frame_context(jnp.asarray(context), 2, 3)
+  np.testing.assert_array_equal(np.asarray(got), np.repeat(context, 3, axis=0))
+  per_frame = np.random.default_rng(3).standard_normal((2, 3, CONTEXT_LEN, 12), np.float32)
+  got = per_frame_context(jnp.asarray(per_frame), 2, 3)
+  np.testing.assert_array_equal(np.asarray(got), per_frame.reshape(6, CONTEXT_LEN, 12))
+  with pytest.raises(ValueError, match="context"):
+    per_frame_context(jnp.asarray(per_frame), 2, 4)
+
+
+def test_parity_single_frame_runs_temporal_layers_like_diffusers(three_levels):
+  torch_model, _, forward = three_levels
+  sample, context = _inputs(*SHAPE_THREE_LEVELS, seed=3)
+  ref_out, ref_taps = _torch_forward(torch_model, sample, context)
+  out, taps = forward(jnp.asarray(sample), jnp.asarray(context))
+  _assert_parity(out, taps, ref_out, ref_taps)
+
+
+def test_skip_temporal_single_frame_matches_torch_with_identity_temporal_layers(three_levels):
+  torch_model, _, _ = three_levels
+  model = unet3d_from_diffusers(torch_model, skip_temporal_if_single_frame=True)
+  sample, context = _inputs(*SHAPE_THREE_LEVELS, seed=4)
+  _, ref_taps = _torch_forward(torch_model, sample, context, skip_temporal=True)
+  forward = _jitted(model, sample, context, stop_after_taps=True)
+  out, taps = forward(jnp.asarray(sample), jnp.asarray(context))
+  assert out is None
+  _assert_parity(None, taps, None, ref_taps)
+
+
+def test_bf16_close_to_fp32(three_levels):
+  """bf16 parameters and compute vs fp32: max error <= BF16_TOLERANCE * max|fp32| on the
+  output and every tap (GroupNorm statistics and the attention softmax stay fp32)."""
+  torch_model, _, forward = three_levels
+  model16 = unet3d_from_diffusers(torch_model, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  assert all(v.dtype == jnp.bfloat16 for _, v in nnx.to_flat_state(nnx.state(model16, nnx.Param)))
+  sample, context = _inputs(*SHAPE_THREE_LEVELS, seed=3)
+  ref_out, ref_taps = forward(jnp.asarray(sample), jnp.asarray(context))
+  out, taps = _jitted(model16, sample, context)(jnp.asarray(sample), jnp.asarray(context))
+  assert out.dtype == jnp.bfloat16 and all(t.dtype == jnp.bfloat16 for t in taps.values())
+  errors = {}
+  for name, got, ref in [("output", out, ref_out)] + [(k, taps[k], ref_taps[k]) for k in TAP_NAMES]:
+    ref = np.asarray(ref)
+    errors[name] = np.abs(np.asarray(got, np.float32) - ref).max() / np.abs(ref).max()
+  assert max(errors.values()) <= BF16_TOLERANCE, f"relative bf16 errors {errors}"
+
+
+def test_temporal_dropout_active_only_in_training(three_levels):
+  """Train mode: a fresh draw per call, reproducible from the same RNG state, unlike eval
+  mode (torch's eval output); eval mode is deterministic."""
+  _, _, eval_forward = three_levels
+  torch_model = _torch_unet(CFG_ONE_LEVEL, seed=2)
+  model = unet3d_from_diffusers(torch_model)
+  sample, context = _inputs(*SHAPE_ONE_LEVEL, seed=5)
+  eval_out, _ = _torch_forward(torch_model, sample, context, taps=False)
+  model.train()
+  graphdef, state = nnx.split(model)
+
+  def forward_and_state(st, x, ctx):
+    m = nnx.merge(graphdef, st)
+    out = m(x, TIMESTEP, ctx)
+    return out, nnx.state(m)
+
+  args = (jnp.asarray(sample), jnp.asarray(context))
+  train_forward = _compiled(forward_and_state, state, *args)
+  out1, state1 = train_forward(state, *args)
+  out2, _ = train_forward(state1, *args)
+  out1_again, _ = train_forward(state, *args)
+  np.testing.assert_array_equal(np.asarray(out1), np.asarray(out1_again))
+  assert np.abs(np.asarray(out1) - np.asarray(out2)).max() > 1e-3
+  assert np.abs(np.asarray(out1) - eval_out).max() > 1e-3
+  model.eval()
+  dropouts = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)]
+  assert dropouts and all(d.deterministic for d in dropouts)
+  three_level_args = [jnp.asarray(a) for a in _inputs(*SHAPE_THREE_LEVELS, seed=6)]
+  np.testing.assert_array_equal(np.asarray(eval_forward(*three_level_args)[0]),
+                                np.asarray(eval_forward(*three_level_args)[0]))
+
+
+def test_config_round_trip_and_diffusers_validation():
+  config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG, remat=True)
+  assert config == UNet3DConfig(remat=True)
+  assert UNet3DConfig.from_dict(config.to_dict()) == config
+  with pytest.raises(ValueError, match="act_fn"):
+    UNet3DConfig.from_diffusers({**MODELSCOPE_CONFIG, "act_fn": "gelu"})
+  with pytest.raises(ValueError, match="unknown"):
+    UNet3DConfig.from_dict({"block_out_chanels": [1]})
+
+
+def test_modelscope_size_and_rules_cover_diffusers_state_dict():
+  """The real config, abstractly: 1,480 tensors / 1,411,233,860 parameters, and the
+  converter maps diffusers' (meta-device) state dict onto it exactly."""
+  config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG)
+  abstract = nnx.eval_shape(lambda: UNet3DConditionModel(config, rngs=host_rngs(0)))
+  targets = core.target_shapes(abstract)
+  assert len(targets) == 1480
+  assert sum(int(np.prod(s.shape)) for s in targets.values()) == 1_411_233_860
+  kwargs = {k: v for k, v in MODELSCOPE_CONFIG.items() if not k.startswith("_")}
+  with torch.device("meta"):
+    torch_model = TorchUNet3D(**kwargs)
+  # Zero-stride stand-ins: full shapes, one float of memory each.
+  items = ((k, np.broadcast_to(np.float32(0), tuple(v.shape)))
+           for k, v in torch_model.state_dict().items())
+  converted = core.convert_tensors(items, targets, UNET3D_RULES, what="ModelScope UNet3D")
+  assert set(converted) == set(targets)
+
+
+def _assert_same_params(a: nnx.Module, b: nnx.Module):
+  flat_a = dict(nnx.to_flat_state(nnx.state(a, nnx.Param)))
+  flat_b = dict(nnx.to_flat_state(nnx.state(b, nnx.Param)))
+  assert flat_a.keys() == flat_b.keys()
+  for path, var in flat_a.items():
+    np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(flat_b[path][...]),
+                                  err_msg=str(path))
+
+
+def test_converts_a_save_pretrained_directory(four_levels, tmp_path):
+  torch_model, model, _ = four_levels
+  torch_model.save_pretrained(tmp_path)
+  _assert_same_params(unet3d_from_diffusers(str(tmp_path)), model)
+
+
+def test_remat_gradients_match_torch():
+  """Gradients of sum(output) w.r.t. sample and per-frame context, through nnx.remat blocks,
+  against torch autograd (VD-IT trains the modules that feed the frozen UNet)."""
+  torch_model = _torch_unet(CFG_ONE_LEVEL, seed=3)
+  model = unet3d_from_diffusers(torch_model, remat=True)
+  sample, context = _inputs(*SHAPE_ONE_LEVEL, seed=7)
+  graphdef, state = nnx.split(model)
+  loss = lambda m, x, ctx: m(x, TIMESTEP, ctx).sum()
+  grads = lambda st, x, ctx: nnx.grad(loss, argnums=(1, 2))(nnx.merge(graphdef, st), x, ctx)
+  jaxpr = str(jax.make_jaxpr(grads)(state, sample, context))
+  assert "checkpoint" in jaxpr or "remat" in jaxpr
+  grad_fn = _compiled(grads, state, sample, context)
+  grad_sample, grad_context = grad_fn(state, jnp.asarray(sample), jnp.asarray(context))
+
+  torch_sample = _to_torch(sample).requires_grad_(True)
+  torch_context = torch.from_numpy(context.reshape((-1,) + context.shape[2:])).requires_grad_(True)
+
+  def per_frame_context(_, args, kwargs):
+    if "encoder_hidden_states" in kwargs:
+      kwargs["encoder_hidden_states"] = torch_context
+    return args, kwargs
+
+  blocks = list(torch_model.down_blocks) + [torch_model.mid_block] + list(torch_model.up_blocks)
+  handles = [b.register_forward_pre_hook(per_frame_context, with_kwargs=True) for b in blocks]
+  torch_model(torch_sample, TIMESTEP, torch.zeros(context.shape[0], CONTEXT_LEN, 12)).sample.sum(
+      ).backward()
+  for h in handles:
+    h.remove()
+  _assert_close("d sample", grad_sample, torch_sample.grad.numpy().transpose(0, 2, 3, 4, 1))
+  _assert_close("d context", grad_context,
+                torch_context.grad.numpy().reshape(context.shape))
+
+
+@pytest.mark.parametrize("kind", ["spatial", "temporal", "temporal_conv"])
+def test_layer_norm_epsilons_on_low_variance_inputs(kind):
+  """Layer by layer against diffusers on inputs of std 1e-3 (variance 1e-6, the size of the
+  GroupNorm epsilons, which the UNet-level tests cannot resolve): 1e-6 in the transformers,
+  1e-5 in the temporal convs."""
+  channels, frames, rngs = 16, 3, host_rngs(0)
+  if kind == "spatial":
+    torch_layer = Torch2D(2, 8, in_channels=channels, cross_attention_dim=12, norm_num_groups=4,
+                          use_linear_projection=True)
+    layer = transformer_blocks.Transformer2DModel(channels, heads=2, head_dim=8, groups=4,
+                                                  cross_attention_dim=12, rngs=rngs)
+  elif kind == "temporal":
+    torch_layer = TorchTemporal(2, 8, in_channels=channels, norm_num_groups=4)
+    layer = transformer_blocks.TransformerTemporalModel(channels, heads=2, head_dim=8, groups=4,
+                                                        rngs=rngs)
+  else:
+    torch_layer = TorchTemporalConv(channels, channels, dropout=0.1, norm_num_groups=4)
+    layer = unet3d_layers.TemporalConvLayer(channels, groups=4, dropout=0.1, rngs=rngs)
+  torch_layer.eval()
+  with torch.no_grad():
+    for p in torch_layer.parameters():
+      p.normal_(0.0, 0.3)
+  items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
+  core.load_params(layer, core.convert_tensors(items, core.target_shapes(layer), UNET3D_RULES))
+  rng = np.random.default_rng(8)
+  x = (1e-3 * rng.standard_normal((frames, 4, 5, channels))).astype(np.float32)
+  context = rng.standard_normal((frames, CONTEXT_LEN, 12)).astype(np.float32)
+  torch_x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    if kind == "spatial":
+      ref = torch_layer(torch_x, encoder_hidden_states=torch.from_numpy(context),
+                        return_dict=False)[0]
+    elif kind == "temporal":
+      ref = torch_layer(torch_x, num_frames=frames, return_dict=False)[0]
+    else:
+      ref = torch_layer(torch_x, num_frames=frames)
+  graphdef, state = nnx.split(layer)
+  if kind == "spatial":
+    got = jax.jit(lambda st, x, c: nnx.merge(graphdef, st)(x, c))(state, x, context)
+  else:
+    got = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, frames))(state, x)
+  _assert_close(kind, got, ref.numpy().transpose(0, 2, 3, 1))
