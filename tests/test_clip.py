@@ -10,7 +10,6 @@ from flax import nnx
 
 from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
-from vdit_jax.convert.diffusers import host_rngs
 from vdit_jax.models import clip
 
 # The real configs (ModelScope text_encoder/config.json; laion ViT-H/14 vision_config).
@@ -192,7 +191,7 @@ def _meta_items(model: torch.nn.Module, prefix: str = ""):
 
 def check_full_size(make, expected_params, rules, *torch_layouts):
   """Counts the abstract module's parameters and maps each (model, key prefix) onto it."""
-  abstract = nnx.eval_shape(lambda: make(host_rngs(0)))
+  abstract = nnx.eval_shape(lambda: make(core.host_rngs(0)))
   assert clip.count_params(abstract) == expected_params
   targets = core.target_shapes(abstract)
   for torch_model, prefix in torch_layouts:

@@ -9,7 +9,6 @@ from flax import nnx
 
 from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
-from vdit_jax.convert.diffusers import host_rngs
 from vdit_jax.models import clip, roberta
 
 TINY = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -123,7 +122,7 @@ def test_full_size_roberta_base_shapes_and_rules():
   for pooler, source, expected in ((True, model, 124_645_632),
                                    (False, masked_lm, 124_645_632 - 768 * 768 - 768)):
     abstract = nnx.eval_shape(lambda p=pooler: roberta.RobertaModel(
-        config, add_pooling_layer=p, rngs=host_rngs(0)))
+        config, add_pooling_layer=p, rngs=core.host_rngs(0)))
     assert clip.count_params(abstract) == expected
     items = ((k, np.broadcast_to(np.zeros((), np.float32), tuple(v.shape)))
              for k, v in source.state_dict().items())

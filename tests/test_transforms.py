@@ -333,7 +333,7 @@ def test_pseudo_video():
   image = _smooth_frames(1, h, w, seed=3)[0]
   mask = np.zeros((h, w), bool)
   mask[20:40, 30:55] = True
-  originals, blurred = 0, 0
+  originals = 0
   for seed in range(8):
     clip = transforms.pseudo_video(image, mask, "a cat", np.random.default_rng(seed), 5)
     assert clip.frames.shape == (5, h, w, 3) and clip.masks.shape == (5, h, w)

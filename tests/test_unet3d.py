@@ -19,7 +19,7 @@ from diffusers.models.transformers.transformer_temporal import (
 from flax import nnx
 
 from vdit_jax.convert import core
-from vdit_jax.convert.diffusers import UNET3D_RULES, host_rngs, unet3d_from_diffusers
+from vdit_jax.convert.diffusers import UNET3D_RULES, unet3d_from_diffusers
 from vdit_jax.models import transformer_blocks, unet3d_layers
 from vdit_jax.models.unet3d import (TAP_NAMES, UNet3DConditionModel, UNet3DConfig,
                                    per_frame_context)
@@ -295,7 +295,7 @@ def test_modelscope_size_and_rules_cover_diffusers_state_dict():
   """The real config, abstractly: 1,480 tensors / 1,411,233,860 parameters, and the
   converter maps diffusers' (meta-device) state dict onto it exactly."""
   config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG)
-  abstract = nnx.eval_shape(lambda: UNet3DConditionModel(config, rngs=host_rngs(0)))
+  abstract = nnx.eval_shape(lambda: UNet3DConditionModel(config, rngs=core.host_rngs(0)))
   targets = core.target_shapes(abstract)
   assert len(targets) == 1480
   assert sum(int(np.prod(s.shape)) for s in targets.values()) == 1_411_233_860
@@ -362,7 +362,7 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
   """Layer by layer against diffusers on inputs of std 1e-3 (variance 1e-6, the size of the
   GroupNorm epsilons, which the UNet-level tests cannot resolve): 1e-6 in the transformers,
   1e-5 in the temporal convs."""
-  channels, frames, rngs = 16, 3, host_rngs(0)
+  channels, frames, rngs = 16, 3, core.host_rngs(0)
   if kind == "spatial":
     torch_layer = Torch2D(2, 8, in_channels=channels, cross_attention_dim=12, norm_num_groups=4,
                           use_linear_projection=True)

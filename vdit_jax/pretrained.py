@@ -12,7 +12,7 @@ parameter is placed twice.
 
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -84,25 +84,6 @@ def _check_stored(directory: str, name: str, stored: Mapping, targets: Mapping) 
                  f"builds:\n  " + "\n  ".join(lines[:20]))
 
 
-def _trace(make: Callable[[], nnx.Module]) -> tuple[Any, nnx.State, nnx.State]:
-  """(graphdef, Params as ShapeDtypeStructs, concrete non-Param state) of `make()`.
-
-  One jitted trace gives all three: the non-Param state (dropout RNG streams) is its only
-  output, so XLA drops the random parameter initialisers, and the rest is read off the
-  trace, which nnx.eval_shape plus a second jit for the RNG state would make twice.
-  """
-  traced = {}
-
-  def non_params():
-    graphdef, params, rest = nnx.split(make(), nnx.Param, ...)
-    traced["graphdef"] = graphdef
-    traced["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    return rest
-
-  rest = jax.jit(non_params)()
-  return traced["graphdef"], traced["params"], rest
-
-
 def load_tower(directory: str, name: str, tower: backbone.Tower, dtype, shardings
                ) -> nnx.Module:
   """One converted tower, its parameters restored with the given dtype and shardings."""
@@ -110,7 +91,7 @@ def load_tower(directory: str, name: str, tower: backbone.Tower, dtype, sharding
     config = tower.config_from_dict(io.read_config(os.path.join(directory, name)))
   except (TypeError, ValueError) as e:  # io.WeightFileError included
     raise _error(directory, f"unusable {name} config: {e}") from e
-  graphdef, params, rest = _trace(lambda: backbone.build_tower(tower, config, dtype))
+  graphdef, params, rest = core.trace(lambda: backbone.build_tower(tower, config, dtype))
   abstract = nnx.merge(graphdef, params, rest)
   targets = core.target_shapes(abstract)
   placement = _param_shardings(abstract, targets, shardings)

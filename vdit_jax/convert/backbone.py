@@ -109,10 +109,10 @@ def build_tower(tower: Tower, config, dtype) -> nnx.Module:
   """The tower's module, meant to be built under a trace (nnx.eval_shape or jit).
 
   Partition annotations stay metadata (no eager sharding): placement is decided when the
-  parameters are loaded. host_rngs keeps the RNG counters concrete under the trace.
+  parameters are loaded. core.host_rngs keeps the RNG counters concrete under the trace.
   """
   with nnx.use_eager_sharding(False):
-    return tower.build(config, dtype=dtype, param_dtype=dtype, rngs=dconv.host_rngs(0))
+    return tower.build(config, dtype=dtype, param_dtype=dtype, rngs=core.host_rngs(0))
 
 
 def abstract_tower(tower: Tower, config, dtype) -> nnx.Module:

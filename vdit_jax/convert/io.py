@@ -26,7 +26,7 @@ import os
 import re
 import struct
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -100,6 +100,28 @@ def iter_tensors(path: str | os.PathLike, *, variant: str | None = None) -> Tens
     yield from _iter_safetensors(path)
   else:
     yield from _iter_torch(path)
+
+
+def read_model(src) -> tuple[dict[str, Any], Tensors, str]:
+  """(config dict, (key, array) stream, name for messages) of a live torch model or a directory.
+
+  `src` is a diffusers / transformers model (it has `config` and `state_dict()`) or a
+  directory written by their `save_pretrained`. Floating tensors of a live model arrive as
+  float32 numpy arrays.
+  """
+  if isinstance(src, (str, os.PathLike)):
+    return read_config(src), iter_tensors(src), os.fspath(src)
+  if not (hasattr(src, "config") and hasattr(src, "state_dict")):
+    raise TypeError(f"expected a diffusers / transformers model or a model directory, "
+                    f"got {type(src).__name__}")
+  config = src.config.to_dict() if hasattr(src.config, "to_dict") else dict(src.config)
+
+  def items():
+    for key, tensor in src.state_dict().items():
+      tensor = tensor.detach().cpu()
+      yield key, (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+  return config, items(), type(src).__name__
 
 
 def find_weights(directory: str, *, variant: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 A source is either a live transformers model (its `config` and `state_dict()`) or a model
 directory (`config.json` plus weights, streamed one tensor at a time by
-`vdit_jax.convert.io`). The target module is only traced (`build_with_weights`) and filled
+`vdit_jax.convert.io`). The target module is only traced (`core.build_with_weights`) and filled
 with the converted arrays, so no random full-size weights are ever materialised.
 
 Key layouts accepted: the transformers 5.x state dicts (`embeddings.*` for CLIPTextModel,
@@ -11,14 +11,9 @@ on-disk hub checkpoints (`text_model.*`; a full CLIPModel for ViT-H/14 whose tex
 skipped; `roberta.*` of a masked-LM checkpoint whose LM head is skipped).
 """
 
-import os
-from typing import Any, Iterator
-
 import jax.numpy as jnp
-import numpy as np
 
 from vdit_jax.convert import core, io
-from vdit_jax.convert.diffusers import build_with_weights, host_rngs
 from vdit_jax.models import clip, roberta
 
 # Non-persistent buffers that older checkpoints still carry.
@@ -37,39 +32,24 @@ ROBERTA_RULES = core.Rules(
 )
 
 
-def _source(src) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray]], str]:
-  """(config dict, (key, array) stream, name for messages) of a model or a directory."""
-  if isinstance(src, (str, os.PathLike)):
-    return io.read_config(src), io.iter_tensors(src), os.fspath(src)
-  if not (hasattr(src, "config") and hasattr(src, "state_dict")):
-    raise TypeError(f"expected a transformers model or a model directory, got {type(src)}")
-
-  def items():
-    for key, tensor in src.state_dict().items():
-      tensor = tensor.detach().cpu()
-      yield key, (tensor.float() if tensor.is_floating_point() else tensor).numpy()
-
-  return src.config.to_dict(), items(), type(src).__name__
-
-
 def clip_text_from_transformers(src, *, dtype=jnp.float32, param_dtype=jnp.float32,
                                 remat: bool = False) -> clip.CLIPTextTransformer:
   """CLIPTextTransformer with the weights of a `CLIPTextModel` or its directory."""
-  config_dict, items, name = _source(src)
+  config_dict, items, name = io.read_model(src)
   config = clip.CLIPTextConfig.from_transformers(config_dict)
   make = lambda: clip.CLIPTextTransformer(config, dtype=dtype, param_dtype=param_dtype,
-                                          remat=remat, rngs=host_rngs(0))
-  return build_with_weights(make, items, CLIP_TEXT_RULES, f"CLIP text ({name})")
+                                          remat=remat, rngs=core.host_rngs(0))
+  return core.build_with_weights(make, items, CLIP_TEXT_RULES, f"CLIP text ({name})")
 
 
 def clip_vision_from_transformers(src, *, dtype=jnp.float32, param_dtype=jnp.float32,
                                   remat: bool = False) -> clip.CLIPVisionModelWithProjection:
   """CLIPVisionModelWithProjection from its transformers twin, a CLIPModel, or a directory."""
-  config_dict, items, name = _source(src)
+  config_dict, items, name = io.read_model(src)
   config = clip.CLIPVisionConfig.from_transformers(config_dict)
   make = lambda: clip.CLIPVisionModelWithProjection(
-      config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=host_rngs(0))
-  return build_with_weights(make, items, CLIP_VISION_RULES, f"CLIP vision ({name})")
+      config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=core.host_rngs(0))
+  return core.build_with_weights(make, items, CLIP_VISION_RULES, f"CLIP vision ({name})")
 
 
 def roberta_from_transformers(src, *, add_pooling_layer: bool = True, dtype=jnp.float32,
@@ -81,9 +61,9 @@ def roberta_from_transformers(src, *, add_pooling_layer: bool = True, dtype=jnp.
     add_pooling_layer: build (and require weights for) the pooler. The hub's roberta-base
       checkpoint is a masked-LM one without pooler weights: pass False for it.
   """
-  config_dict, items, name = _source(src)
+  config_dict, items, name = io.read_model(src)
   config = roberta.RobertaConfig.from_transformers(config_dict)
   make = lambda: roberta.RobertaModel(config, add_pooling_layer=add_pooling_layer,
                                       dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                      rngs=host_rngs(0))
-  return build_with_weights(make, items, ROBERTA_RULES, f"RoBERTa ({name})")
+                                      rngs=core.host_rngs(0))
+  return core.build_with_weights(make, items, ROBERTA_RULES, f"RoBERTa ({name})")
