@@ -12,6 +12,8 @@ from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
 from vdit_jax.models import clip
 
+import parity
+
 # The real configs (ModelScope text_encoder/config.json; laion ViT-H/14 vision_config).
 MODELSCOPE_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
                        num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
@@ -29,23 +31,10 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    hidden_act="quick_gelu")
 
 
-def _randomized(model: torch.nn.Module) -> torch.nn.Module:
-  """Every parameter (LayerNorm included) drawn at random, so no layer passes by default."""
-  torch.manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.5)
-  return model.eval()
-
-
-def _close(out, ref):
-  out, ref = np.asarray(out, np.float32), np.asarray(ref)
-  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max()))
-
-
 @pytest.fixture(scope="module")
 def text_pair():
-  src = _randomized(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)))
+  src = parity.randomized(
+      transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_TEXT)), 0.5)
   return src, convert.clip_text_from_transformers(src)
 
 
@@ -74,8 +63,8 @@ def test_text_matches_torch(text_pair, text_batch, text_fn, masked):
   with torch.no_grad():
     ref = src(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask))
   hidden, pooled = text_fn(dst, ids, mask)
-  _close(hidden, ref.last_hidden_state.numpy())
-  _close(pooled, ref.pooler_output.numpy())
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(pooled, ref.pooler_output.numpy())
 
 
 def test_text_padding_mask_changes_only_padded_rows(text_pair, text_batch, text_fn):
@@ -90,20 +79,21 @@ def test_text_padding_mask_changes_only_padded_rows(text_pair, text_batch, text_
 def test_text_new_style_eos_pooling():
   """eos_token_id != 2 pools at the first eos, not at the largest id."""
   cfg = dict(TINY_TEXT, eos_token_id=5, hidden_act="quick_gelu", num_hidden_layers=1)
-  src = _randomized(transformers.CLIPTextModel(transformers.CLIPTextConfig(**cfg)))
+  src = parity.randomized(transformers.CLIPTextModel(transformers.CLIPTextConfig(**cfg)),
+                         0.5)
   dst = convert.clip_text_from_transformers(src)
   ids = np.array([[0, 9, 5, 5, 5, 5], [0, 5, 7, 8, 5, 5]])
   with torch.no_grad():
     ref = src(torch.from_numpy(ids))
   hidden, pooled = dst(ids, with_pooled=True)
-  _close(hidden, ref.last_hidden_state.numpy())
-  _close(pooled, ref.pooler_output.numpy())
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(pooled, ref.pooler_output.numpy())
 
 
 @pytest.fixture(scope="module")
 def vision_pair():
   cfg = transformers.CLIPVisionConfig(**TINY_VISION)
-  src = _randomized(transformers.CLIPVisionModelWithProjection(cfg))
+  src = parity.randomized(transformers.CLIPVisionModelWithProjection(cfg), 0.5)
   return src, convert.clip_vision_from_transformers(src)
 
 
@@ -114,8 +104,9 @@ def test_vision_matches_torch(vision_pair):
     ref = src(torch.from_numpy(pixels))
   hidden, embeds = nnx.jit(lambda m, x: m(x))(dst, pixels.transpose(0, 2, 3, 1))
   assert hidden.shape == (3, 1 + 4 * 4, 32)
-  _close(hidden, ref.last_hidden_state.numpy())  # before post_layernorm, as VD-IT uses it
-  _close(embeds, ref.image_embeds.numpy())
+  # Before post_layernorm, as VD-IT uses it.
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(embeds, ref.image_embeds.numpy())
 
 
 def test_vision_rejects_wrong_image_size(vision_pair):
@@ -146,8 +137,8 @@ def test_directory_source_with_legacy_prefix_and_full_clip_model(tmp_path, text_
     ref = full.vision_model(torch.from_numpy(pixels))
     ref_embeds = full.visual_projection(ref.pooler_output)
   hidden, embeds = vision(pixels.transpose(0, 2, 3, 1))
-  _close(hidden, ref.last_hidden_state.numpy())
-  _close(embeds, ref_embeds.numpy())
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(embeds, ref_embeds.numpy())
 
 
 def test_bf16_compute_close_to_fp32(text_pair, text_batch, text_fn):
@@ -180,7 +171,7 @@ def test_remat_keeps_values_and_gradients(text_pair):
   (state_r, grad_r), (state, grad) = input_grad(remat), input_grad(encoder)
   assert "remat" in str(jax.make_jaxpr(grad_r)(state_r, x))
   assert "remat" not in str(jax.make_jaxpr(grad)(state, x))
-  _close(jax.jit(grad_r)(state_r, x), jax.jit(grad)(state, x))  # same maths, re-fused
+  parity.assert_close(jax.jit(grad_r)(state_r, x), jax.jit(grad)(state, x))  # same maths, re-fused
 
 
 def _meta_items(model: torch.nn.Module, prefix: str = ""):

@@ -1,6 +1,7 @@
 """The backbone CLI end to end on tiny checkpoints laid out like the real hub repositories."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -23,6 +24,8 @@ from vdit_jax.convert import backbone, core
 from vdit_jax.convert import diffusers as dconv
 from vdit_jax.convert import transformers as tconv
 
+import parity
+
 TEXTS = ["hello world!", "Hello, hello hell", "the hello " * 30]
 
 
@@ -43,13 +46,8 @@ def _write_tokenizers(clip_dir, roberta_dir):
     json.dump({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                "unk_token": "<|endoftext|>", "pad_token": "!"}, f)
 
-
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-  """Non-trivial values everywhere (norm scales and biases included) so mix-ups show."""
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.1)
-  return model.eval()
+# Non-trivial values everywhere (norm scales and biases included) so mix-ups show.
+_randomise = functools.partial(parity.randomized, std=0.1)
 
 
 def _write_sources(root):
@@ -172,7 +170,7 @@ def test_clip_text_output_close_to_torch(sources, loaded):
   with torch.no_grad():
     want = models["clip_text"](ids).last_hidden_state.numpy()
   got = np.asarray(loaded["clip_text"](jnp.asarray(ids.numpy())))
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+  parity.assert_close(got, want)
 
 
 def test_tokenizers_match_transformers(sources, converted):

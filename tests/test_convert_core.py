@@ -7,6 +7,8 @@ from flax import nnx
 
 from vdit_jax.convert import core
 
+import parity
+
 
 class Tiny(nnx.Module):
   """Names mirror the torch `_TorchTiny` state dict."""
@@ -68,7 +70,7 @@ def test_converted_outputs_match_torch(pair):
   with torch.no_grad():
     ref = src(torch.from_numpy(ids)).permute(0, 2, 3, 1).numpy()
   out = np.asarray(dst(ids))
-  np.testing.assert_allclose(out, ref, atol=1e-4 * max(1, np.abs(ref).max()), rtol=0)
+  parity.assert_close(out, ref)
 
 
 def test_every_mismatch_is_reported(pair):

@@ -51,7 +51,8 @@ def test_eval_needs_a_checkpoint(tmp_path):
 def test_tiny_points_at_the_synthetic_data_commands(tmp_path):
   run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny")
   assert run.returncode != 0
-  assert "python -m data_pipelines.synthetic --dataset ytvos --out data/synthetic/ytvos" in run.stderr
+  assert ("python -m data_pipelines.synthetic --dataset ytvos --out data/synthetic/ytvos"
+          in run.stderr)
 
 
 def test_unimplemented_mode_is_refused_not_faked(tmp_path):

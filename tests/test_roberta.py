@@ -11,28 +11,17 @@ from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
 from vdit_jax.models import clip, roberta
 
+import parity
+
 TINY = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=48, max_position_embeddings=20, type_vocab_size=2,
             pad_token_id=1, bos_token_id=0, eos_token_id=2)
 
 
-def _randomized(model: torch.nn.Module) -> torch.nn.Module:
-  """Every parameter (LayerNorm included) drawn at random, so no layer passes by default."""
-  torch.manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.5)
-  return model.eval()
-
-
-def _close(out, ref):
-  out, ref = np.asarray(out, np.float32), np.asarray(ref)
-  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max()))
-
-
 @pytest.fixture(scope="module")
 def pair():
-  src = _randomized(transformers.RobertaModel(transformers.RobertaConfig(**TINY)))
+  src = parity.randomized(transformers.RobertaModel(transformers.RobertaConfig(**TINY)),
+                         0.5)
   return src, convert.roberta_from_transformers(src)
 
 
@@ -63,8 +52,8 @@ def test_matches_torch_on_padded_batch(pair, batch, run, token_types):
     ref = src(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
               token_type_ids=None if types is None else torch.from_numpy(types))
   hidden, pooled = run(dst, ids, mask, types)
-  _close(hidden, ref.last_hidden_state.numpy())
-  _close(pooled, ref.pooler_output.numpy())
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(pooled, ref.pooler_output.numpy())
 
 
 def test_padding_does_not_change_real_tokens(pair, batch, run):
@@ -78,7 +67,8 @@ def test_padding_does_not_change_real_tokens(pair, batch, run):
 
 def test_masked_lm_checkpoint_without_pooler(tmp_path, batch):
   """The hub layout of roberta-base: `roberta.*` + `lm_head.*`, no pooler weights."""
-  src = _randomized(transformers.RobertaForMaskedLM(transformers.RobertaConfig(**TINY)))
+  src = parity.randomized(
+      transformers.RobertaForMaskedLM(transformers.RobertaConfig(**TINY)), 0.5)
   src.save_pretrained(tmp_path)
   with pytest.raises(core.ConversionError, match="pooler.dense.kernel"):
     convert.roberta_from_transformers(tmp_path)
@@ -88,7 +78,7 @@ def test_masked_lm_checkpoint_without_pooler(tmp_path, batch):
     ref = src.roberta(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
   hidden, pooled = nnx.jit(lambda m, i, a: m(i, a))(dst, ids, mask)
   assert pooled is None
-  _close(hidden, ref.last_hidden_state.numpy())
+  parity.assert_close(hidden, ref.last_hidden_state.numpy())
 
 
 def test_bf16_compute_close_to_fp32(pair, batch, run):

@@ -24,6 +24,8 @@ from vdit_jax.models import transformer_blocks, unet3d_layers
 from vdit_jax.models.unet3d import (TAP_NAMES, UNet3DConditionModel, UNet3DConfig,
                                    per_frame_context)
 
+import parity
+
 # The ModelScope config.json (damo-vilab/text-to-video-ms-1.7b, unet/).
 MODELSCOPE_CONFIG = {
     "_class_name": "UNet3DConditionModel", "_diffusers_version": "0.17.0.dev0",
@@ -56,13 +58,7 @@ TIMESTEP = 7
 def _torch_unet(cfg: dict, seed: int) -> TorchUNet3D:
   """A diffusers UNet3D with every parameter random (norm scales around 1), eval mode."""
   torch.manual_seed(seed)
-  model = TorchUNet3D(**cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.normal_(0.0, 0.05)
-      if "norm" in name and name.endswith("weight"):
-        p.add_(1.0)
-  return model
+  return parity.randomized(TorchUNet3D(**cfg), 0.05, seed=seed, norm_scales_near_one=True)
 
 
 def _to_torch(x: np.ndarray) -> torch.Tensor:
@@ -141,19 +137,12 @@ def _jitted(model: nnx.Module, sample, context, **call_kwargs):
   return functools.partial(fn, state)
 
 
-def _assert_close(name: str, got, ref: np.ndarray):
-  got = np.asarray(got, np.float32)
-  assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-  err, tol = np.abs(got - ref).max(), 1e-4 * max(1.0, np.abs(ref).max())
-  assert err <= tol, f"{name}: max abs error {err:.3g} > {tol:.3g}"
-
-
 def _assert_parity(out, taps, ref_out, ref_taps):
   if ref_out is not None:
-    _assert_close("output", out, ref_out)
+    parity.assert_close(out, ref_out)
   assert set(taps) == set(TAP_NAMES)
   for name in TAP_NAMES:
-    _assert_close(name, taps[name], ref_taps[name])
+    parity.assert_close(taps[name], ref_taps[name])
 
 
 def _inputs(batch: int, frames: int, h: int, w: int, seed: int):
@@ -352,8 +341,8 @@ def test_remat_gradients_match_torch():
       ).backward()
   for h in handles:
     h.remove()
-  _assert_close("d sample", grad_sample, torch_sample.grad.numpy().transpose(0, 2, 3, 4, 1))
-  _assert_close("d context", grad_context,
+  parity.assert_close(grad_sample, torch_sample.grad.numpy().transpose(0, 2, 3, 4, 1))
+  parity.assert_close(grad_context,
                 torch_context.grad.numpy().reshape(context.shape))
 
 
@@ -375,10 +364,7 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
   else:
     torch_layer = TorchTemporalConv(channels, channels, dropout=0.1, norm_num_groups=4)
     layer = unet3d_layers.TemporalConvLayer(channels, groups=4, dropout=0.1, rngs=rngs)
-  torch_layer.eval()
-  with torch.no_grad():
-    for p in torch_layer.parameters():
-      p.normal_(0.0, 0.3)
+  parity.randomized(torch_layer, 0.3)
   items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
   core.load_params(layer, core.convert_tensors(items, core.target_shapes(layer), UNET3D_RULES))
   rng = np.random.default_rng(8)
@@ -398,4 +384,4 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
     got = jax.jit(lambda st, x, c: nnx.merge(graphdef, st)(x, c))(state, x, context)
   else:
     got = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, frames))(state, x)
-  _assert_close(kind, got, ref.numpy().transpose(0, 2, 3, 1))
+  parity.assert_close(got, ref.numpy().transpose(0, 2, 3, 1))

@@ -12,6 +12,8 @@ from vdit_jax.convert import core
 from vdit_jax.convert.diffusers import VAE_ENCODER_RULES, vae_encoder_from_diffusers
 from vdit_jax.models.vae import DiagonalGaussian, VAEEncoder, VAEEncoderConfig
 
+import parity
+
 # The SD VAE config.json shipped with damo-vilab/text-to-video-ms-1.7b (vae/).
 SD_VAE_CONFIG = {
     "_class_name": "AutoencoderKL", "_diffusers_version": "0.17.0.dev0", "act_fn": "silu",
@@ -32,12 +34,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 def tiny():
   """(torch AutoencoderKL with random weights, images, torch posterior, torch tap, ours)."""
   torch.manual_seed(0)
-  torch_model = AutoencoderKL(**TINY_CONFIG).eval()
-  with torch.no_grad():
-    for name, p in torch_model.named_parameters():
-      p.normal_(0.0, 0.1)
-      if "norm" in name and name.endswith("weight"):
-        p.add_(1.0)
+  torch_model = parity.randomized(AutoencoderKL(**TINY_CONFIG), 0.1, norm_scales_near_one=True)
   images = np.random.default_rng(0).uniform(-1, 1, IMAGES_SHAPE).astype(np.float32)
   taps = {}
   tap_module = torch_model.encoder.down_blocks[2].resnets[1]
@@ -57,20 +54,13 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
   return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
-def _assert_close(name, got, ref):
-  got = np.asarray(got)
-  assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-  err, tol = np.abs(got - ref).max(), 1e-4 * max(1.0, np.abs(ref).max())
-  assert err <= tol, f"{name}: max abs error {err:.3g} > {tol:.3g}"
-
-
 def test_moments_mode_and_stride4_tap_match_diffusers(tiny):
   torch_posterior, torch_tap, (posterior, tap) = tiny
-  _assert_close("moments", posterior.moments, _nhwc(torch_posterior.parameters))
-  _assert_close("mode", posterior.mode(), _nhwc(torch_posterior.mode()))
-  _assert_close("std", posterior.std, _nhwc(torch_posterior.std))
+  parity.assert_close(posterior.moments, _nhwc(torch_posterior.parameters))
+  parity.assert_close(posterior.mode(), _nhwc(torch_posterior.mode()))
+  parity.assert_close(posterior.std, _nhwc(torch_posterior.std))
   assert tap.shape == (2, 9, 11, 16)
-  _assert_close("tap", tap, _nhwc(torch_tap))
+  parity.assert_close(tap, _nhwc(torch_tap))
 
 
 def test_sample_is_mean_plus_std_times_normal_of_the_key(tiny):
@@ -78,7 +68,7 @@ def test_sample_is_mean_plus_std_times_normal_of_the_key(tiny):
   key = jax.random.key(3)
   sample = np.asarray(posterior.sample(key))
   eps = np.asarray(jax.random.normal(key, sample.shape))
-  _assert_close("sample", sample, _nhwc(torch_posterior.mean) + _nhwc(torch_posterior.std) * eps)
+  parity.assert_close(sample, _nhwc(torch_posterior.mean) + _nhwc(torch_posterior.std) * eps)
   np.testing.assert_array_equal(sample, np.asarray(posterior.sample(key)))
   assert np.abs(sample - np.asarray(posterior.sample(jax.random.key(4)))).max() > 1e-3
 

@@ -29,7 +29,8 @@ def shards(config: ml_collections.ConfigDict, split: str) -> list[Requirement]:
   """The built shards of one split of the config's dataset (RefCOCO: one per subset)."""
   data = config.data
   if data.raw_dir.startswith("data/synthetic/"):
-    make_raw = f"python -m data_pipelines.synthetic --dataset {data.dataset} --out {data.raw_dir} && "
+    make_raw = (f"python -m data_pipelines.synthetic --dataset {data.dataset} "
+                f"--out {data.raw_dir} && ")
   else:
     make_raw = ""
   splits = [f"{subset}/{split}" for subset in data.get("subsets", ())] or [split]
