@@ -16,23 +16,10 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("a2d", raw_dir="data/a2d_sentences")
-  config.data.split = "train"
-  config.data.batch_size = 2
-  config.data.shuffle_window = 1024
-  config.data.augmentation = common.train_augmentation()
   # 1e-4 x 2 GPUs / 8: the original's auto-scaling when pretrained weights are given.
-  config.optimizer = common.optimizer(lr=2.5e-5)
-  config.schedule = common.schedule(epochs=6, lr_drops=(3, 5))
-  config.loss = common.loss()
-  config.init_from = ""
+  common.add_training(config, lr=2.5e-5, epochs=6, lr_drops=(3, 5))
   config.init_skip = ("class_embed",)
-  config.eval = ml_collections.ConfigDict(dict(
-      split="test",
-      preprocessing=common.eval_preprocessing(window=5, size_divisor=32),
-      # mAP scores all queries; overall / mean IoU use the top-scoring one.
-      iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9),
-      output="a2d_predictions",
-  ))
+  config.eval = common.sentence_eval("a2d_predictions")
   if args.tiny:
     config = common.shrink_to_tiny(config)
   return config

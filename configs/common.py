@@ -101,6 +101,30 @@ def loss() -> ml_collections.ConfigDict:
   ))
 
 
+def add_training(config: ml_collections.ConfigDict, *, lr: float, epochs: int,
+                 lr_drops: tuple[int, ...], shuffle_window: int = 1024) -> None:
+  """The training fields shared by every trained config: data sampling, AdamW, schedule."""
+  config.data.split = "train"
+  config.data.batch_size = 2  # The original: 2 GPUs x 1 clip.
+  config.data.shuffle_window = shuffle_window
+  config.data.augmentation = train_augmentation()
+  config.optimizer = optimizer(lr)
+  config.schedule = schedule(epochs, lr_drops)
+  config.loss = loss()
+  config.init_from = ""  # An Orbax checkpoint to start from (e.g. RefCOCO pretraining).
+
+
+def sentence_eval(output: str) -> ml_collections.ConfigDict:
+  """A2D / JHMDB-Sentences evaluation: 5-frame clips around the annotated frame; mAP
+  scores all queries, overall / mean IoU and P@K the top-scoring one."""
+  return ml_collections.ConfigDict(dict(
+      split="test",
+      preprocessing=eval_preprocessing(window=5, size_divisor=32),
+      iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9),
+      output=output,
+  ))
+
+
 def optimizer(lr: float) -> ml_collections.ConfigDict:
   """AdamW over every trainable parameter, norms and biases included (§5.2)."""
   return ml_collections.ConfigDict(dict(

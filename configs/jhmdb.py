@@ -11,12 +11,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("jhmdb", raw_dir="data/jhmdb_sentences")
-  config.eval = ml_collections.ConfigDict(dict(
-      split="test",
-      preprocessing=common.eval_preprocessing(window=5, size_divisor=32),
-      iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9),
-      output="jhmdb_predictions",
-  ))
+  config.eval = common.sentence_eval("jhmdb_predictions")
   if args.tiny:
     config = common.shrink_to_tiny(config)
   return config

@@ -17,18 +17,11 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("refcoco", raw_dir="data/coco")
-  config.data.split = "train"
+  common.add_training(config, lr=5e-5, epochs=12, lr_drops=(8, 10), shuffle_window=4096)
   config.data.subsets = ("refcoco", "refcoco+", "refcocog")
-  config.data.batch_size = 2
-  config.data.shuffle_window = 4096
-  config.data.augmentation = common.train_augmentation()
   config.data.pseudo_video = ml_collections.ConfigDict(dict(
       perspective=0.08, rotate_degrees=20.0, translate=0.1, brightness=40, hue_saturation=5,
       motion_blur_prob=0.25, motion_blur_kernels=(9, 11), shuffle_frames=True))
-  config.optimizer = common.optimizer(lr=5e-5)
-  config.schedule = common.schedule(epochs=12, lr_drops=(8, 10))
-  config.loss = common.loss()
-  config.init_from = ""
   config.eval = ml_collections.ConfigDict(dict(
       split="val",
       preprocessing=common.eval_preprocessing(window=1, size_divisor=32),

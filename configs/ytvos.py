@@ -16,16 +16,9 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("ytvos", raw_dir="data/ref-youtube-vos")
-  config.data.split = "train"
-  config.data.batch_size = 2
-  config.data.shuffle_window = 1024
-  config.data.augmentation = common.train_augmentation()
   # 1e-4 base lr x 2 GPUs / 4 (main.py's auto-scaling without pretrained weights) = 5e-5,
   # which the model card confirms.
-  config.optimizer = common.optimizer(lr=5e-5)
-  config.schedule = common.schedule(epochs=9, lr_drops=(6, 8))
-  config.loss = common.loss()
-  config.init_from = ""  # An Orbax checkpoint to start from (e.g. RefCOCO pretraining).
+  common.add_training(config, lr=5e-5, epochs=9, lr_drops=(6, 8))
   config.eval = ml_collections.ConfigDict(dict(
       split="valid",
       # 0 runs each video whole, as the original does; a positive window splits it.
