@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0",
     "absl-py",
     "numpy",
+    "ml-dtypes",
     "scipy",
     "pillow",
     "tensorboardX",
@@ -37,7 +38,7 @@ TORCH_REQUIRES = [
     "safetensors",
 ]
 
-DEV_REQUIRES = TORCH_REQUIRES + ["pytest", "pytest-xdist", "pytest-timeout"]
+DEV_REQUIRES = TORCH_REQUIRES + ["pytest", "pytest-xdist", "pytest-timeout", "psutil"]
 
 setuptools.setup(
     name="vdit-jax",
