@@ -1,6 +1,6 @@
 """Peak memory of the backbone converter on a full-size ModelScope UNet (synthetic weights).
 
-  /work/venv/bin/python bench/convert_memory.py [--dir DIR] [--dtype float32|bfloat16]
+  python bench/convert_memory.py [--dir DIR] [--dtype float32|bfloat16]
       [--format safetensors|bin] [--keep]
 
 Writes DIR/modelscope/unet/diffusion_pytorch_model.safetensors with the real UNet's 1,480
@@ -22,16 +22,7 @@ import time
 
 import numpy as np
 
-# unet/config.json of damo-vilab/text-to-video-ms-1.7b.
-MODELSCOPE_UNET = {
-    "_class_name": "UNet3DConditionModel", "_diffusers_version": "0.17.0.dev0",
-    "act_fn": "silu", "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 1024,
-    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
-    "downsample_padding": 1, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
-    "sample_size": 32, "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
-}
+from vdit_jax.models.unet3d import MODELSCOPE_CONFIG
 
 _CONVERT = """
 import sys
@@ -47,7 +38,7 @@ def unet_shapes() -> dict[str, tuple[int, ...]]:
   import diffusers
   import torch
 
-  config = {k: v for k, v in MODELSCOPE_UNET.items() if not k.startswith("_")}
+  config = {k: v for k, v in MODELSCOPE_CONFIG.items() if not k.startswith("_")}
   with torch.device("meta"):
     model = diffusers.UNet3DConditionModel(**config)
   return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -95,7 +86,7 @@ def main():
     write_safetensors(weights + ".partial", shapes)
     os.rename(weights + ".partial", weights)
     with open(os.path.join(modelscope, "unet", "config.json"), "w", encoding="utf-8") as f:
-      json.dump(MODELSCOPE_UNET, f)
+      json.dump(MODELSCOPE_CONFIG, f)
     print(f"wrote {len(shapes)} tensors in {time.perf_counter() - start:.0f} s")
   if args.format == "bin":
     safetensors_weights, modelscope = weights, os.path.join(args.dir, "modelscope_bin")

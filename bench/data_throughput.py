@@ -10,7 +10,7 @@ Writes a few synthetic 1280x720 videos (smooth textures with moving objects, JPE
   this process and its worker processes (psutil: user + system time of each, read before
   and after the timed clips).
 
-  /work/venv/bin/python bench/data_throughput.py [--clips 60] [--workers 2] [--repeat 3]
+  python bench/data_throughput.py [--clips 60] [--workers 2] [--repeat 3]
 
 Goal: >= 8 clips per CPU second (per core) for T=5 clips at the training resolutions.
 Frames leave the pipeline as uint8; their normalisation runs on the device.

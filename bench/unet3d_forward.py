@@ -4,7 +4,7 @@ Mid-size ModelScope-shaped config (block_out_channels 64/128/256/256, everything
 real model), random weights moved by the production converter. Prints the JAX compile
 time, median step times of both, the JAX/PyTorch ratio and the output difference.
 
-  /work/venv/bin/python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40]
+  python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40]
 """
 
 import argparse

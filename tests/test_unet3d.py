@@ -21,21 +21,11 @@ from flax import nnx
 from vdit_jax.convert import core
 from vdit_jax.convert.diffusers import UNET3D_RULES, unet3d_from_diffusers
 from vdit_jax.models import transformer_blocks, unet3d_layers
-from vdit_jax.models.unet3d import (TAP_NAMES, UNet3DConditionModel, UNet3DConfig,
-                                   per_frame_context)
+from vdit_jax.models.unet3d import (MODELSCOPE_CONFIG, TAP_NAMES, UNet3DConditionModel,
+                                   UNet3DConfig, per_frame_context)
 
 import parity
 
-# The ModelScope config.json (damo-vilab/text-to-video-ms-1.7b, unet/).
-MODELSCOPE_CONFIG = {
-    "_class_name": "UNet3DConditionModel", "_diffusers_version": "0.17.0.dev0",
-    "act_fn": "silu", "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 1024,
-    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
-    "downsample_padding": 1, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
-    "sample_size": 32, "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
-}
 # ModelScope's four-level layout at toy widths; one layer per block.
 CFG_FOUR_LEVELS = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1,
                        norm_num_groups=4, cross_attention_dim=12, attention_head_dim=8)

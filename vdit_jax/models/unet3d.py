@@ -27,6 +27,18 @@ TAP_UP_BLOCKS = (0, 1, 2)
 TAP_NAMES = ("transformer_in",) + tuple(f"down{i}" for i in TAP_DOWN_BLOCKS) + tuple(
     f"up{i}" for i in TAP_UP_BLOCKS)
 
+# unet/config.json of damo-vilab/text-to-video-ms-1.7b: the full-size UNet VD-IT freezes
+# (1,480 tensors, 1,411,233,860 parameters). For shape-only work without the weights.
+MODELSCOPE_CONFIG = {
+    "_class_name": "UNet3DConditionModel", "_diffusers_version": "0.17.0.dev0",
+    "act_fn": "silu", "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+    "downsample_padding": 1, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
+    "sample_size": 32, "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
+}
+
 _DOWN_TYPES = {"CrossAttnDownBlock3D": True, "DownBlock3D": False}
 _UP_TYPES = {"CrossAttnUpBlock3D": True, "UpBlock3D": False}
 # diffusers config.json keys that do not change the network.
