@@ -85,8 +85,8 @@ def _write(root: str, videos: list[raw.VideoRecord]) -> None:
 
 
 def _stages(videos: list[raw.VideoRecord], clips: int) -> float:
-  """Times the training path of pipeline._TrainClip stage by stage; returns clips made per
-  CPU second."""
+  """Times an approximation of pipeline._TrainClip's training path, stage by stage; returns
+  clips made per CPU second."""
   rng = np.random.default_rng(0)
   samples = [s for v in videos for s in sampling.expand(v, 5)]
   cfg = pipeline.DataConfig.for_train(_config("unused", 0))
@@ -175,9 +175,10 @@ def main() -> None:
   flags.FLAGS.mark_as_parsed()
   rng = np.random.default_rng(0)
   videos = [_video(f"v{i}", args.frames, rng) for i in range(args.videos)]
+  aug = _config("unused", 0).data.augmentation
   print(f"{args.videos} videos x {args.frames} frames of {WIDTH}x{HEIGHT} JPEG "
         f"({np.mean([len(f) for v in videos for f in v.frames]) / 1024:.0f} KiB per frame), "
-        f"T=5 clips, scales {transforms.TRAIN_SCALES}, max size {transforms.TRAIN_MAX_SIZE}; "
+        f"T={aug.num_frames} clips, scales {tuple(aug.scales)}, max size {aug.max_size}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   stage_rates = []
   for r in range(args.repeat):

@@ -20,9 +20,11 @@ from diffusers import UNet3DConditionModel as TorchUNet3D
 from flax import nnx
 
 from vdit_jax.convert.diffusers import unet3d_from_diffusers
+from vdit_jax.models.unet3d import MODELSCOPE_CONFIG
 
-CONFIG = dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention_head_dim=64,
-              cross_attention_dim=1024, norm_num_groups=32)
+# ModelScope's UNet at a quarter of its widths.
+CONFIG = {**{k: v for k, v in MODELSCOPE_CONFIG.items() if not k.startswith("_")},
+          "block_out_channels": (64, 128, 256, 256)}
 CONTEXT_LEN = 77
 TIMESTEP = 0
 
@@ -66,7 +68,8 @@ def main():
   rng = np.random.default_rng(0)
   shape = (args.batch, args.frames, args.height, args.width, 4)
   sample = rng.standard_normal(shape, np.float32)
-  context = rng.standard_normal((args.batch, CONTEXT_LEN, 1024), np.float32)
+  context = rng.standard_normal((args.batch, CONTEXT_LEN,
+                                CONFIG["cross_attention_dim"]), np.float32)
   torch_sample = torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
   torch_context = torch.from_numpy(context)
 

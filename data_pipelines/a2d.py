@@ -80,7 +80,7 @@ def _sample_expressions(samples: list[tuple[str, int, int]],
     expressions.append(raw.Expression(
         exp_id=exp_id, text=raw_io.check_text(text, f"{where} sample {exp_id}"),
         obj_ids=(instance_id + 1,)))
-    meta[f"frame/{exp_id}"] = f"{frame_idx:05d}"
+    meta[raw.anchor_key(exp_id)] = f"{frame_idx:05d}"
   return tuple(expressions), meta
 
 

@@ -11,7 +11,8 @@ order annot1-first-frame, annot1-full-video, annot2-first-frame, annot2-full-vid
 reader checks that grouping and records each expression's run ("anno_id", 0..3, the
 `anno_<k>` folder the DAVIS scorer reads) in meta as "anno_id/<exp_id>".
 
-The DAVIS tree the scorer reads (`list_sequences`, `read_gt`):
+The DAVIS tree the official scorer reads (`list_sequences`, `read_gt`; the scorer itself
+lands with the evaluation work):
   <davis>/ImageSets/2017/{train,val}.txt
   <davis>/JPEGImages/480p/<seq>/<%05d>.jpg
   <davis>/Annotations_unsupervised/480p/<seq>/<%05d>.png

@@ -82,7 +82,7 @@ def _sample_expressions(samples: list[tuple[str, str, int, str]], frame_names: t
     expressions.append(raw.Expression(
         exp_id=exp_id, text=raw_io.check_text(text, f"{where} sample {exp_id}"),
         obj_ids=(PERSON_ID,)))
-    meta[f"frame/{exp_id}"] = name
+    meta[raw.anchor_key(exp_id)] = name
   return tuple(expressions), meta
 
 

@@ -65,8 +65,8 @@ Determinism: every random choice comes from grain's `random_map` generator, seed
 pipeline mid-epoch to the same next batch.
 
 Bad input: a corrupt record, frame or mask raises an error naming the shard, record and
-frame; with skip_bad_records it is skipped, counted (`skipped_counts()`, per process) and
-logged. A truncated or CRC-failing TFRecord ends that shard.
+frame; with skip_bad_records it is skipped, counted (`skipped_counts()`, per decoding
+process) and logged. A truncated or CRC-failing TFRecord ends that shard.
 """
 
 import collections
@@ -100,7 +100,11 @@ _BAD_INPUT = (ClipError, records.RecordError, shards.ShardError, raw_io.RawDataE
 
 
 def skipped_counts() -> dict[str, int]:
-  """What skip_bad_records skipped in this process: {"records": n, "clips": n, "shards": n}."""
+  """What skip_bad_records skipped in this process: {"records": n, "clips": n, "shards": n}.
+
+  Counted in the process that decodes: with worker_count > 0 that is a grain worker, so
+  this process sees only worker_count=0 runs; the logged warnings are the record.
+  """
   return dict(_SKIPPED)
 
 
@@ -350,7 +354,7 @@ def clean_caption(text: str) -> str:
 
 
 def _anchored(record: raw.VideoRecord, expression: raw.Expression) -> bool:
-  return sampling.anchor_key(expression.exp_id) in record.meta
+  return raw.anchor_key(expression.exp_id) in record.meta
 
 
 def load_masks(sample: sampling.Sample, indices: np.ndarray, where: str

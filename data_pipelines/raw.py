@@ -15,6 +15,12 @@ more than once, and an object's mask is the union over that frame's maps.
 import dataclasses
 
 
+def anchor_key(exp_id: str) -> str:
+  """The `VideoRecord.meta` key naming the annotated frame an expression is anchored on
+  (A2D, JHMDB: the one frame of the sample that has ground truth)."""
+  return f"frame/{exp_id}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Expression:
   """One referring expression.

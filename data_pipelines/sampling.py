@@ -18,7 +18,7 @@ Anchors:
   `stride`-th annotated frame, `range(0, len(annotated), stride)` with stride = the clip
   length (5) as in the original; for Ref-YTVOS train the annotated frames are all frames.
 - A2D-Sentences: the expression's own annotated frame, which the reader stores in
-  `record.meta[anchor_key(exp_id)]` ("frame/<exp_id>") as a frame name.
+  `record.meta[raw.anchor_key(exp_id)]` ("frame/<exp_id>") as a frame name.
 - RefCOCO: the single image (anchor 0); its pseudo-video is made by transforms.
 
 All randomness comes from the `np.random.Generator` the caller passes (the pipeline's grain
@@ -39,11 +39,6 @@ REVERSE_P = 0.3
 
 class SampleError(ValueError):
   """A record whose samples cannot be formed (an anchor frame the video does not have)."""
-
-
-def anchor_key(exp_id: str) -> str:
-  """The `VideoRecord.meta` key naming the annotated frame an expression is anchored on."""
-  return f"frame/{exp_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +69,7 @@ def annotated_indices(record: raw.VideoRecord) -> tuple[int, ...]:
 def expression_anchors(record: raw.VideoRecord, exp_index: int, stride: int) -> tuple[int, ...]:
   """The anchor frames (indices in frame_names) of one expression; see the module docstring."""
   expression = record.expressions[exp_index]
-  named = record.meta.get(anchor_key(expression.exp_id))
+  named = record.meta.get(raw.anchor_key(expression.exp_id))
   if named is not None:
     if named not in record.frame_names:
       raise SampleError(f"{record.dataset}/{record.video_id}: expression "

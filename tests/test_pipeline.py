@@ -18,7 +18,6 @@ from data_pipelines import pipeline
 from data_pipelines import raw
 from data_pipelines import raw_io
 from data_pipelines import records
-from data_pipelines import sampling
 from data_pipelines import shards
 from data_pipelines import synthetic
 from data_pipelines import transforms
@@ -217,8 +216,8 @@ def test_eval_windows_cover_every_frame_once(dataset_dirs):
 
 
 def test_anchored_and_single_frame_videos(tmp_path):
-  a2d = _video("a", dataset="a2d", meta={sampling.anchor_key("0"): "00015",
-                                         sampling.anchor_key("1"): "00005"})
+  a2d = _video("a", dataset="a2d", meta={raw.anchor_key("0"): "00015",
+                                         raw.anchor_key("1"): "00005"})
   image = _video("img", num_frames=2)
   refcoco = raw.VideoRecord(
       dataset="refcoco", split="train", video_id="img", frame_names=image.frame_names[1:],

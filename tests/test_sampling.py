@@ -100,11 +100,11 @@ def test_expand_ytvos_anchors_every_fifth_annotated_frame():
 
 
 def test_expand_anchored_expression():
-  record = _record(30, meta={sampling.anchor_key("1"): "00017"})
+  record = _record(30, meta={raw.anchor_key("1"): "00017"})
   samples = sampling.expand(record, stride=5)
   assert [(s.exp_index, s.anchor) for s in samples if s.exp_index == 1] == [(1, 17)]
   assert samples[-1].candidates == (17,)
-  bad = _record(30, meta={sampling.anchor_key("0"): "99999"})
+  bad = _record(30, meta={raw.anchor_key("0"): "99999"})
   with pytest.raises(sampling.SampleError, match="anchored on frame '99999'"):
     sampling.expand(bad, stride=5)
 

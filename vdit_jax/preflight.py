@@ -11,6 +11,14 @@ import os
 import ml_collections
 
 
+# The converted backbone's index file and the command that writes it (also quoted by
+# vdit_jax.pretrained; kept here because this module must not import JAX).
+BACKBONE_MANIFEST = "manifest.json"
+BACKBONE_COMMAND = ("python -m vdit_jax.convert backbone --modelscope text-to-video-ms-1.7b "
+                    "--clip-vision CLIP-ViT-H-14-laion2B-s32B-b79K --roberta roberta-base "
+                    "--out {out}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Requirement:
   """A path a run needs and the command that creates it."""
@@ -49,10 +57,8 @@ def backbone(config: ml_collections.ConfigDict) -> Requirement | None:
     return None
   return Requirement(
       what="converted backbone weights",
-      path=os.path.join(weights_dir, "manifest.json"),
-      command=("python -m vdit_jax.convert backbone --modelscope text-to-video-ms-1.7b "
-               "--clip-vision CLIP-ViT-H-14-laion2B-s32B-b79K --roberta roberta-base "
-               f"--out {weights_dir}"))
+      path=os.path.join(weights_dir, BACKBONE_MANIFEST),
+      command=BACKBONE_COMMAND.format(out=weights_dir))
 
 
 def checkpoint(workdir: str, config_flag: str) -> Requirement:

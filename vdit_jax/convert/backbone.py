@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from vdit_jax import preflight
 from vdit_jax import tokenizers as vdit_tokenizers
 from vdit_jax.convert import core, io
 from vdit_jax.convert import diffusers as dconv
@@ -49,15 +50,14 @@ from vdit_jax.models import clip, roberta, unet3d, vae
 
 FORMAT = "vdit-jax-backbone"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = preflight.BACKBONE_MANIFEST
 # Tokenizer name -> (source, subfolder holding its files, loader of such a directory).
 TOKENIZERS = {"clip": ("modelscope", "tokenizer", vdit_tokenizers.clip_tokenizer),
               "roberta": ("roberta", "", vdit_tokenizers.roberta_tokenizer)}
 _VERSIONED_PACKAGES = ("vdit-jax", "jax", "flax", "orbax-checkpoint", "numpy", "safetensors")
 # Orbax writes at most this much at a time, so saving adds little to the tower in memory.
 _WRITE_CONCURRENT_GB = 0.25
-COMMAND = ("python -m vdit_jax.convert backbone --modelscope DIR --clip-vision DIR "
-           "--roberta DIR --out {out}")
+COMMAND = preflight.BACKBONE_COMMAND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +148,13 @@ def read_source(tower: Tower, source_dir: str) -> tuple[dict, Any, str]:
   return config_dict, config, io.find_weights(source_dir)
 
 
-def convert_tower(name: str, tower: Tower, source_dir: str, out_dir: str, dtype) -> dict:
-  """Converts one tower from `source_dir` into `out_dir`; returns its manifest entry."""
-  config_dict, config, weights = read_source(tower, source_dir)
+def convert_tower(name: str, tower: Tower, source_dir: str, source: tuple[dict, Any, str],
+                  out_dir: str, dtype) -> dict:
+  """Converts one tower into `out_dir`; returns its manifest entry.
+
+  source: `read_source(tower, source_dir)`, read up front so bad input fails before work.
+  """
+  config_dict, config, weights = source
   targets = core.target_shapes(abstract_tower(tower, config, dtype))
   params = {}
 
@@ -217,7 +221,7 @@ def convert_backbone(sources: Mapping[str, str], out: str | os.PathLike, *, dtyp
   """Converts every tower and tokenizer into `out`; returns the manifest.
 
   Args:
-    sources: source name (`SOURCES`) -> directory.
+    sources: source name ("modelscope", "clip_vision", "roberta") -> directory.
     out: the output directory; created atomically.
     dtype: parameter dtype of the output, "float32" or "bfloat16".
     overwrite: replace an existing `out` (only after the new one is complete).
@@ -243,8 +247,8 @@ def convert_backbone(sources: Mapping[str, str], out: str | os.PathLike, *, dtyp
     if not os.path.isdir(sources[name]):
       raise io.WeightFileError(f"{sources[name]}: no such directory (the {name} source)")
   tower_dirs = {name: _source_dir(sources, t.source, t.subfolder) for name, t in towers.items()}
-  for name, tower in towers.items():  # Fail on a missing config or weights file before work.
-    read_source(tower, tower_dirs[name])
+  # Fail on a missing config or weights file before any work.
+  read = {name: read_source(tower, tower_dirs[name]) for name, tower in towers.items()}
   os.makedirs(os.path.dirname(out), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
   try:
@@ -258,7 +262,7 @@ def convert_backbone(sources: Mapping[str, str], out: str | os.PathLike, *, dtyp
       files = save_tokenizer(load, source_dir, os.path.join(tmp, "tokenizers", name))
       manifest["tokenizers"][name] = {"source": source_dir, "files": files}
     for name, tower in towers.items():
-      manifest["towers"][name] = convert_tower(name, tower, tower_dirs[name],
+      manifest["towers"][name] = convert_tower(name, tower, tower_dirs[name], read[name],
                                                os.path.join(tmp, name), jnp.dtype(dtype))
     with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
       json.dump(manifest, f, indent=2)

@@ -6,12 +6,9 @@ fp32 when the inputs are bf16. On CPU, long unmasked sequences take a blockwise 
 """
 
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
-
-Implementation = Literal["xla", "cudnn"] | None
 
 # Score elements per block of the CPU blockwise path: a (query block, Lk) fp32 score tile of
 # at most 2 MiB stays in cache between the two matmuls. XLA's CPU attention materialises all
@@ -27,7 +24,6 @@ def attention(
     *,
     mask: jax.Array | None = None,
     is_causal: bool = False,
-    implementation: Implementation = None,
 ) -> jax.Array:
   """Multi-head scaled dot-product attention with scale head_dim**-0.5.
 
@@ -37,7 +33,6 @@ def attention(
     v: (B, Lk, H, D) values.
     mask: boolean, broadcastable to (B, H, Lq, Lk); True where attention is allowed.
     is_causal: apply a causal mask (CLIP text).
-    implementation: None lets JAX choose; "xla" or "cudnn" force one.
 
   Returns:
     (B, Lq, H, D) in the dtype of q.
@@ -46,11 +41,10 @@ def attention(
     raise ValueError(f"attention mask must be 4-D (B, H, Lq, Lk), got shape {mask.shape}")
   # Only unmasked attention needs the blockwise path: masked and causal attention here (the
   # text encoders) only ever sees short sequences.
-  if (mask is None and not is_causal and implementation is None
-      and jax.default_backend() == "cpu" and q.shape[1] * k.shape[1] > _CPU_SCORE_BLOCK):
+  if (mask is None and not is_causal and jax.default_backend() == "cpu"
+      and q.shape[1] * k.shape[1] > _CPU_SCORE_BLOCK):
     return _blockwise_attention(q, k, v, block=max(1, _CPU_SCORE_BLOCK // k.shape[1]))
-  return jax.nn.dot_product_attention(
-      q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
 
 
 def _blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int) -> jax.Array:
@@ -96,6 +90,6 @@ def merge_heads(x: jax.Array) -> jax.Array:
   return x.reshape(b, l, h * d)
 
 
-def padding_mask(valid: jax.Array) -> jax.Array:
+def key_valid_mask(valid: jax.Array) -> jax.Array:
   """(B, Lk) bool keys-valid -> (B, 1, 1, Lk) mask for `attention`."""
   return jnp.asarray(valid, bool)[:, None, None, :]

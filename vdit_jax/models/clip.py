@@ -13,13 +13,14 @@ bf16 the LayerNorm statistics and the attention softmax stay in fp32.
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax.models.attention import attention, merge_heads, padding_mask, split_heads
+from vdit_jax.models.attention import attention, key_valid_mask, merge_heads, split_heads
+from vdit_jax.models.config import TransformersConfig
 
 # transformers `hidden_act` names -> functions (ACT2FN semantics).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -38,33 +39,8 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
-class ConfigMixin:
-  """to_dict / from_dict / from_transformers for the frozen config dataclasses below."""
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"{cls.__name__}.from_dict: unknown fields {unknown}")
-    return cls(**d)
-
-  @classmethod
-  def from_transformers(cls, config: Mapping[str, Any]):
-    """Reads the fields this port uses from a transformers `config.json` dict.
-
-    Keys the port does not use (dropout rates, initialiser settings, ...) are skipped;
-    missing keys take the transformers defaults.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in config.items() if k in names})
-
-
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig(ConfigMixin):
+class CLIPTextConfig(TransformersConfig):
   """Defaults are transformers' CLIPTextConfig defaults."""
   vocab_size: int = 49408
   hidden_size: int = 512
@@ -83,7 +59,7 @@ class CLIPTextConfig(ConfigMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig(ConfigMixin):
+class CLIPVisionConfig(TransformersConfig):
   """Defaults are transformers' CLIPVisionConfig defaults."""
   hidden_size: int = 768
   intermediate_size: int = 3072
@@ -135,7 +111,9 @@ def call_layer(layer: nnx.Module, remat: bool, x: jax.Array, *args) -> jax.Array
 
   The layer runs as a pure function of its state under `jax.checkpoint` rather than through
   `nnx.remat`, whose state write-back fails under plain `jax.grad` of a merged module.
-  `args` are closed over, so they may be Python constants (e.g. is_causal).
+  `args` are closed over, so they may be Python constants (e.g. is_causal). State updates
+  inside the layer (RNG counts, e.g. Dropout) are discarded, which is why the UNet, whose
+  temporal convs carry Dropout, uses nnx.remat instead (`unet3d._call_block`).
   """
   if not remat:
     return layer(x, *args)
@@ -244,7 +222,7 @@ class CLIPTextTransformer(nnx.Module):
       last_hidden_state (B, L, D) after the final LayerNorm, and with `with_pooled` the
       pooled output (B, D) as well.
     """
-    mask = None if attention_mask is None else padding_mask(attention_mask)
+    mask = None if attention_mask is None else key_valid_mask(attention_mask)
     x = self.encoder(self.embeddings(input_ids), mask, True)
     x = self.final_layer_norm(x)
     if not with_pooled:

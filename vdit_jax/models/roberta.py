@@ -11,12 +11,13 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax.models.attention import attention, merge_heads, padding_mask, split_heads
-from vdit_jax.models.clip import ConfigMixin, Precision, activation, call_layer
+from vdit_jax.models.attention import attention, key_valid_mask, merge_heads, split_heads
+from vdit_jax.models.clip import Precision, activation, call_layer
+from vdit_jax.models.config import TransformersConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class RobertaConfig(ConfigMixin):
+class RobertaConfig(TransformersConfig):
   """Defaults are roberta-base's."""
   vocab_size: int = 50265
   hidden_size: int = 768
@@ -172,6 +173,6 @@ class RobertaModel(nnx.Module):
     Returns:
       (last_hidden_state (B, L, D), pooler_output (B, D) or None without a pooler).
     """
-    mask = None if attention_mask is None else padding_mask(attention_mask)
+    mask = None if attention_mask is None else key_valid_mask(attention_mask)
     x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
     return x, (None if self.pooler is None else self.pooler(x))

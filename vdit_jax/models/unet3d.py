@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vdit_jax.models.config import ConfigMixin
 from vdit_jax.models.group_norm import GroupNorm
 from vdit_jax.models.resnet import conv2d
 from vdit_jax.models.transformer_blocks import TransformerTemporalModel
@@ -50,7 +51,7 @@ _REQUIRED_DIFFUSERS_VALUES = {"act_fn": "silu", "num_attention_heads": None,
 
 
 @dataclasses.dataclass(frozen=True)
-class UNet3DConfig:
+class UNet3DConfig(ConfigMixin):
   """Architecture (diffusers field names) plus the port's switches.
 
   attention_head_dim is the head *dimension* (diffusers' naming quirk): heads = C / it.
@@ -110,16 +111,6 @@ class UNet3DConfig:
       raise ValueError("UNet3DConfig.from_diffusers: norm_num_groups=None is not supported")
     return cls(**{**kwargs, **overrides})
 
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "UNet3DConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"UNet3DConfig.from_dict: unknown keys {sorted(unknown)}")
-    return cls(**d)
 
 
 def timestep_features(timesteps: jax.Array, dim: int) -> jax.Array:
@@ -156,8 +147,10 @@ def per_frame_context(context: jax.Array, batch: int, frames: int) -> jax.Array:
 def _call_block(block: nnx.Module, remat: bool, *args, **static):
   """block(*args, **static); with remat, under nnx.remat (static values are closed over).
 
-  Differentiate through a remat model with nnx.grad / nnx.value_and_grad taking the module
-  as an argument: flax refuses state updates in modules merged inside jax.grad.
+  nnx.remat rather than `clip.call_layer`: TemporalConvLayer's Dropout advances its RNG
+  state, which must survive the remat. Differentiate through a remat model with nnx.grad /
+  nnx.value_and_grad taking the module as an argument: flax refuses state updates in modules
+  merged inside jax.grad.
   """
   if not remat:
     return block(*args, **static)
@@ -173,10 +166,10 @@ class UNet3DConditionModel(nnx.Module):
     dt = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     chans, head_dim = config.block_out_channels, config.attention_head_dim
     temb = 4 * chans[0]
-    spec = lambda scale=1.0: BlockSpec(
+    spec = BlockSpec(
         temb_channels=temb, groups=config.norm_num_groups, eps=config.norm_eps,
         head_dim=head_dim, cross_attention_dim=config.cross_attention_dim,
-        temporal_dropout=config.temporal_dropout, output_scale_factor=scale)
+        temporal_dropout=config.temporal_dropout)
     self.conv_in = conv2d(config.in_channels, chans[0], 3, **dt)
     self.time_embedding = TimestepEmbedding(chans[0], temb, **dt)
     self.transformer_in = TransformerTemporalModel(
@@ -184,17 +177,18 @@ class UNet3DConditionModel(nnx.Module):
         groups=config.norm_num_groups, **dt)
     self.down_blocks = nnx.List([
         DownBlock3D(chans[max(i - 1, 0)], chans[i], num_layers=config.layers_per_block,
-                    spec=spec(), cross_attention=_DOWN_TYPES[kind],
+                    spec=spec, cross_attention=_DOWN_TYPES[kind],
                     add_downsample=i < len(chans) - 1,
                     downsample_padding=config.downsample_padding, **dt)
         for i, kind in enumerate(config.down_block_types)])
     self.mid_block = UNetMidBlock3DCrossAttn(
-        chans[-1], spec=spec(config.mid_block_scale_factor), **dt)
+        chans[-1],
+        spec=dataclasses.replace(spec, output_scale_factor=config.mid_block_scale_factor), **dt)
     rev = chans[::-1]
     self.up_blocks = nnx.List([
         UpBlock3D(rev[min(i + 1, len(rev) - 1)], rev[max(i - 1, 0)], rev[i],
                   num_layers=config.layers_per_block + 1,
-                  spec=spec(), cross_attention=_UP_TYPES[kind],
+                  spec=spec, cross_attention=_UP_TYPES[kind],
                   add_upsample=i < len(rev) - 1, **dt)
         for i, kind in enumerate(config.up_block_types)])
     self.conv_norm_out = GroupNorm(config.norm_num_groups, chans[0], epsilon=config.norm_eps,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from vdit_jax.models.config import ConfigMixin
 from vdit_jax.models.group_norm import GroupNorm
 from vdit_jax.models.resnet import Downsample2D, ResnetBlock2D, conv2d
 from vdit_jax.models.transformer_blocks import Attention
@@ -23,10 +24,12 @@ _IGNORED_DIFFUSERS_KEYS = {
     "_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "out_channels",
     "up_block_types", "sample_size", "force_upcast", "use_post_quant_conv", "shift_factor",
     "latents_mean", "latents_std"}
+# diffusers keys that must keep their default for this implementation to be exact.
+_REQUIRED_DIFFUSERS_VALUES = {"act_fn": "silu"}
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEEncoderConfig:
+class VAEEncoderConfig(ConfigMixin):
   """Encoder architecture (diffusers field names) and the tap position."""
   in_channels: int = 3
   latent_channels: int = 4
@@ -54,28 +57,21 @@ class VAEEncoderConfig:
     for key, value in config.items():
       if key in _IGNORED_DIFFUSERS_KEYS:
         continue
-      if key == "act_fn" and value != "silu":
-        raise ValueError(f"VAEEncoderConfig.from_diffusers: act_fn={value!r} is not supported")
+      if key in _REQUIRED_DIFFUSERS_VALUES:
+        if value != _REQUIRED_DIFFUSERS_VALUES[key]:
+          raise ValueError(f"VAEEncoderConfig.from_diffusers: {key}={value!r} is not supported "
+                           f"(only {_REQUIRED_DIFFUSERS_VALUES[key]!r})")
+        continue
       if key == "down_block_types":
         if any(t != "DownEncoderBlock2D" for t in value):
           raise ValueError(f"VAEEncoderConfig.from_diffusers: unsupported down blocks {value}")
         continue
       if key in fields:
         kwargs[key] = value
-      elif key != "act_fn":
+      else:
         raise ValueError(f"VAEEncoderConfig.from_diffusers: unknown config key {key!r}")
     return cls(**{**kwargs, **overrides})
 
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "VAEEncoderConfig":
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f"VAEEncoderConfig.from_dict: unknown keys {sorted(unknown)}")
-    return cls(**d)
 
 
 @struct.dataclass
