@@ -165,11 +165,14 @@ def three_levels():
 
 
 def test_parity_shared_context_frames3_latent20x28(four_levels):
-  torch_model, _, forward = four_levels
+  """A (B, L, D) context, which the port projects once per clip, against diffusers, which
+  repeats it over frames first."""
+  torch_model, model, _ = four_levels
   sample, context = _inputs(*SHAPE_FOUR_LEVELS, seed=0)
   shared = np.repeat(context[:, :1], 3, axis=1)
   ref_out, ref_taps = _torch_forward(torch_model, sample, shared, per_frame=False)
-  out, taps = forward(jnp.asarray(sample), jnp.asarray(shared))
+  forward = _jitted(model, sample, shared[:, 0])
+  out, taps = forward(jnp.asarray(sample), jnp.asarray(shared[:, 0]))
   _assert_parity(out, taps, ref_out, ref_taps)
 
 
@@ -181,10 +184,10 @@ def test_parity_per_frame_context(four_levels):
   _assert_parity(out, taps, ref_out, ref_taps)
 
 
-def test_per_frame_context_repeats_a_shared_context_over_frames():
+def test_per_frame_context_keeps_a_shared_context_and_folds_frames():
   context = np.random.default_rng(2).standard_normal((2, CONTEXT_LEN, 12), np.float32)
   got = per_frame_context(jnp.asarray(context), 2, 3)
-  np.testing.assert_array_equal(np.asarray(got), np.repeat(context, 3, axis=0))
+  np.testing.assert_array_equal(np.asarray(got), context)
   per_frame = np.random.default_rng(3).standard_normal((2, 3, CONTEXT_LEN, 12), np.float32)
   got = per_frame_context(jnp.asarray(per_frame), 2, 3)
   np.testing.assert_array_equal(np.asarray(got), per_frame.reshape(6, CONTEXT_LEN, 12))
@@ -336,6 +339,13 @@ def test_remat_gradients_match_torch():
                 torch_context.grad.numpy().reshape(context.shape))
 
 
+def _randomized_into(torch_layer: torch.nn.Module, layer: nnx.Module):
+  """Randomizes a diffusers layer and loads its weights into ours with the UNet's rules."""
+  parity.randomized(torch_layer, 0.3)
+  items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
+  core.load_params(layer, core.convert_tensors(items, core.target_shapes(layer), UNET3D_RULES))
+
+
 @pytest.mark.parametrize("kind", ["spatial", "temporal", "temporal_conv"])
 def test_layer_norm_epsilons_on_low_variance_inputs(kind):
   """Layer by layer against diffusers on inputs of std 1e-3 (variance 1e-6, the size of the
@@ -354,9 +364,7 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
   else:
     torch_layer = TorchTemporalConv(channels, channels, dropout=0.1, norm_num_groups=4)
     layer = unet3d_layers.TemporalConvLayer(channels, groups=4, dropout=0.1, rngs=rngs)
-  parity.randomized(torch_layer, 0.3)
-  items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
-  core.load_params(layer, core.convert_tensors(items, core.target_shapes(layer), UNET3D_RULES))
+  _randomized_into(torch_layer, layer)
   rng = np.random.default_rng(8)
   x = (1e-3 * rng.standard_normal((frames, 4, 5, channels))).astype(np.float32)
   context = rng.standard_normal((frames, CONTEXT_LEN, 12)).astype(np.float32)
@@ -374,4 +382,27 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
     got = jax.jit(lambda st, x, c: nnx.merge(graphdef, st)(x, c))(state, x, context)
   else:
     got = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, frames))(state, x)
+  parity.assert_close(got, ref.numpy().transpose(0, 2, 3, 1))
+
+
+def test_attention_rejects_a_context_batch_that_does_not_divide_the_queries():
+  attn = transformer_blocks.Attention(8, heads=2, head_dim=4, kv_dim=6, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="context batch 4 does not divide query batch 6"):
+    attn(jnp.zeros((6, 5, 8)), jnp.zeros((4, 3, 6)))
+
+
+def test_temporal_transformer_in_pixel_chunks_matches_torch(monkeypatch):
+  """The CPU path in pixel chunks (20 pixels in 3 chunks of 7, one zero-padded) with the
+  folded output projection (width 32 into 16 channels), against diffusers."""
+  channels, frames = 16, 3
+  monkeypatch.setattr(transformer_blocks, "_CPU_TOKEN_CHUNK", frames * 32 * 7)
+  torch_layer = TorchTemporal(4, 8, in_channels=channels, norm_num_groups=4)
+  layer = transformer_blocks.TransformerTemporalModel(channels, heads=4, head_dim=8, groups=4,
+                                                      rngs=core.host_rngs(0))
+  _randomized_into(torch_layer, layer)
+  x = np.random.default_rng(9).standard_normal((frames, 4, 5, channels)).astype(np.float32)
+  with torch.no_grad():
+    ref = torch_layer(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), num_frames=frames,
+                      return_dict=False)[0]
+  got = layer(jnp.asarray(x), frames)
   parity.assert_close(got, ref.numpy().transpose(0, 2, 3, 1))

@@ -135,9 +135,13 @@ class TimestepEmbedding(nnx.Module):
 
 
 def per_frame_context(context: jax.Array, batch: int, frames: int) -> jax.Array:
-  """(B, L, D), repeated over frames, or (B, F, L, D) -> (B*F, L, D)."""
+  """(B, L, D) shared by a clip's frames, kept as is, or (B, F, L, D) -> (B*F, L, D).
+
+  A shared context stays one row per clip: cross-attention projects its keys and values once
+  per clip instead of once per frame (diffusers repeats it over frames first).
+  """
   if context.ndim == 3 and context.shape[0] == batch:
-    context = jnp.broadcast_to(context[:, None], (batch, frames) + context.shape[1:])
+    return context
   if context.ndim != 4 or context.shape[:2] != (batch, frames):
     raise ValueError(f"UNet3D context must be (B, L, D) or (B, F, L, D) with B={batch}, "
                      f"F={frames}; got {context.shape}")
