@@ -4,7 +4,7 @@ Mid-size ModelScope-shaped config (block_out_channels 64/128/256/256, everything
 real model), random weights moved by the production converter. Prints the JAX compile
 time, median step times of both, the JAX/PyTorch ratio and the output difference.
 
-  python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40]
+  python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40] [--rounds 4 --steps 3]
 """
 
 import argparse
@@ -29,7 +29,20 @@ CONTEXT_LEN = 77
 TIMESTEP = 0
 
 
-def _medians(fns, steps: int, rounds: int = 2) -> list[float]:
+def models_and_inputs(batch: int, frames: int, height: int, width: int):
+  """(diffusers model, converted NNX model, sample (B, F, H, W, 4), context (B, L, D))."""
+  torch.manual_seed(0)
+  torch_model = TorchUNet3D(**CONFIG).eval()
+  with torch.no_grad():
+    for p in torch_model.parameters():
+      p.normal_(0.0, 0.02)
+  rng = np.random.default_rng(0)
+  sample = rng.standard_normal((batch, frames, height, width, 4), np.float32)
+  context = rng.standard_normal((batch, CONTEXT_LEN, CONFIG["cross_attention_dim"]), np.float32)
+  return torch_model, unet3d_from_diffusers(torch_model), sample, context
+
+
+def _medians(fns, steps: int, rounds: int) -> list[float]:
   """Median seconds of each fn over `rounds` blocks of steps, blocks alternating between fns.
 
   Blocks, not single steps, alternate: XLA's and torch's worker threads spin for a while
@@ -53,23 +66,16 @@ def main():
   parser.add_argument("--frames", type=int, default=5)
   parser.add_argument("--height", type=int, default=32)
   parser.add_argument("--width", type=int, default=40)
-  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
+  parser.add_argument("--rounds", type=int, default=4,
+                      help="alternating blocks per framework; more smooth out a noisy machine")
   args = parser.parse_args()
 
   threads = os.cpu_count()
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  torch_model = TorchUNet3D(**CONFIG).eval()
-  with torch.no_grad():
-    for p in torch_model.parameters():
-      p.normal_(0.0, 0.02)
-  model = unet3d_from_diffusers(torch_model)
-
-  rng = np.random.default_rng(0)
-  shape = (args.batch, args.frames, args.height, args.width, 4)
-  sample = rng.standard_normal(shape, np.float32)
-  context = rng.standard_normal((args.batch, CONTEXT_LEN,
-                                CONFIG["cross_attention_dim"]), np.float32)
+  torch_model, model, sample, context = models_and_inputs(
+      args.batch, args.frames, args.height, args.width)
+  shape = sample.shape
   torch_sample = torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
   torch_context = torch.from_numpy(context)
 
@@ -87,14 +93,14 @@ def main():
 
   ref = torch_step().numpy().transpose(0, 2, 3, 4, 1)
   jax_s, torch_s = _medians(
-      [lambda: compiled(state, x, c).block_until_ready(), torch_step], args.steps)
+      [lambda: compiled(state, x, c).block_until_ready(), torch_step], args.steps, args.rounds)
 
   print(f"config {CONFIG}, sample (B, F, H, W, C) = {shape}, context {context.shape}")
   print(f"CPU threads: os.cpu_count() = {threads} (XLA default), torch.set_num_threads({threads});"
         f" jax {jax.__version__}, torch {torch.__version__}")
   print(f"jax compile: {compile_s:.1f} s")
-  print(f"median of 2 x {args.steps}: jax {jax_s * 1e3:.0f} ms, torch {torch_s * 1e3:.0f} ms, "
-        f"ratio jax/torch {jax_s / torch_s:.2f}")
+  print(f"median of {args.rounds} x {args.steps}: jax {jax_s * 1e3:.0f} ms, "
+        f"torch {torch_s * 1e3:.0f} ms, ratio jax/torch {jax_s / torch_s:.2f}")
   print(f"max |jax - torch| = {np.abs(out - ref).max():.2e} (max |torch| {np.abs(ref).max():.2e})")
 
 
