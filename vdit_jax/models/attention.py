@@ -5,10 +5,10 @@ attention on GPUs, where shapes and dtypes allow) pick the kernel, and keeps the
 fp32 when the inputs are bf16. On CPU, long unmasked sequences take a blockwise path instead.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
+
+from vdit_jax.models.chunks import map_in_chunks
 
 # Score elements per block of the CPU blockwise path: a (query block, Lk) fp32 score tile of
 # at most 2 MiB stays in cache between the two matmuls. XLA's CPU attention materialises all
@@ -50,17 +50,10 @@ def attention(
 def _blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int) -> jax.Array:
   """Unmasked attention, one (batch, head) and about `block` queries at a time.
 
-  Args and result as `attention`. Queries are zero-padded to whole blocks; the padded rows'
-  outputs are dropped. Softmax statistics are fp32 whatever the input dtype.
+  Args and result as `attention`. Softmax statistics are fp32 whatever the input dtype.
   """
   b, lq, h, d = q.shape
-  lk = k.shape[1]
-  num_blocks = math.ceil(lq / block)
-  block = math.ceil(lq / num_blocks)
-  q = jnp.pad(q * jnp.asarray(d**-0.5, q.dtype), ((0, 0), (0, num_blocks * block - lq), (0, 0),
-                                                  (0, 0)))
-  q = q.transpose(0, 2, 1, 3).reshape(b * h, num_blocks, block, d)
-  k, v = (x.transpose(0, 2, 1, 3).reshape(b * h, lk, d) for x in (k, v))
+  q, k, v = (x.transpose(0, 2, 1, 3).reshape(b * h, -1, d) for x in (q * d**-0.5, k, v))
 
   def one_block(q_block, k_head, v_head):
     scores = jnp.matmul(q_block, k_head.T, preferred_element_type=jnp.float32)
@@ -70,9 +63,9 @@ def _blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int
 
   def one_head(args):
     q_head, k_head, v_head = args
-    return jax.lax.map(lambda q_block: one_block(q_block, k_head, v_head), q_head)
+    return map_in_chunks(lambda q_block: one_block(q_block, k_head, v_head), q_head, block)
 
-  out = jax.lax.map(one_head, (q, k, v)).reshape(b, h, num_blocks * block, d)[:, :, :lq]
+  out = jax.lax.map(one_head, (q, k, v)).reshape(b, h, lq, d)
   return out.transpose(0, 2, 1, 3)
 
 

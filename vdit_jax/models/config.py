@@ -6,7 +6,7 @@ a config written by another version fails loudly instead of building a different
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 
 class ConfigMixin:
@@ -36,3 +36,31 @@ class TransformersConfig(ConfigMixin):
     """
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in config.items() if k in names})
+
+
+class DiffusersConfig(ConfigMixin):
+  """A config dataclass read from a diffusers `config.json` (UNet3D, VAE encoder).
+
+  Unlike transformers configs, every key must be accounted for: a field, a key the port
+  deliberately ignores, or a key that must keep the one value the port implements.
+  """
+  diffusers_ignored: ClassVar[frozenset[str]] = frozenset()
+  diffusers_required: ClassVar[Mapping[str, Any]] = {}
+
+  @classmethod
+  def from_diffusers(cls, config: Mapping[str, Any], **overrides):
+    """From a diffusers config.json dict; overrides set the port's own switches."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in config.items():
+      if key in cls.diffusers_ignored:
+        continue
+      if key in cls.diffusers_required:
+        if value != cls.diffusers_required[key]:
+          raise ValueError(f"{cls.__name__}.from_diffusers: {key}={value!r} is not supported "
+                           f"(only {cls.diffusers_required[key]!r})")
+        continue
+      if key not in fields:
+        raise ValueError(f"{cls.__name__}.from_diffusers: unknown config key {key!r}")
+      kwargs[key] = value
+    return cls(**{**kwargs, **overrides})

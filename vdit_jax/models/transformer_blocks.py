@@ -7,13 +7,12 @@ converter's rule table: `to_out.0` -> `to_out`, `ff.net.0` -> `ff.geglu`, `ff.ne
 `ff.proj_out` (torch keeps parameter-free Dropout modules at the missing list indices).
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vdit_jax.models.attention import attention, merge_heads, split_heads
+from vdit_jax.models.chunks import map_in_chunks
 from vdit_jax.models.group_norm import GroupNorm
 
 # Activation elements (tokens x width) per pixel chunk of the temporal transformer on CPU.
@@ -116,23 +115,32 @@ class _TransformerWrapper(nnx.Module):
         rngs=rngs, **dt)])
     self.proj_out = nnx.Linear(inner, channels, rngs=rngs, **dt)
 
-  def _tokens(self, tokens: jax.Array, context: jax.Array | None) -> jax.Array:
+  def _folded_output(self) -> tuple[jax.Array, jax.Array] | None:
+    """(kernel, bias) of the last block's ff output layer followed by proj_out, or None.
+
+    proj_out(h + ff(h)) = proj_out(h) + geglu(h) @ (W_ff_out @ W_out) + b_ff_out @ W_out: two
+    linear layers in a row are one. Where proj_out narrows (transformer_in: 512 to the UNet's
+    first width) the folded matrix is that much smaller than ff's second matmul.
+    """
+    if self.proj_out.out_features >= self.proj_out.in_features:
+      return None
+    ff_out, w_out = self.transformer_blocks[-1].ff.proj_out, self.proj_out.kernel[...]
+    fold = lambda w: jnp.matmul(w, w_out, precision=jax.lax.Precision.HIGHEST)
+    return fold(ff_out.kernel[...]), fold(ff_out.bias[...])
+
+  def _tokens(self, tokens: jax.Array, context: jax.Array | None,
+              folded: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    """proj_in, the blocks, proj_out; `folded` from _folded_output (computed once per call)."""
     tokens = self.proj_in(tokens)
     *blocks, last = self.transformer_blocks
     for block in blocks:
       tokens = block(tokens, context)
-    if self.proj_out.out_features >= self.proj_out.in_features:
+    if folded is None:
       return self.proj_out(last(tokens, context))
-    # proj_out(h + ff(h)) = proj_out(h) + geglu(h) @ (W_ff_out @ W_out) + b_ff_out @ W_out:
-    # two linear layers in a row are one. When proj_out narrows (transformer_in: 512 to the
-    # UNet's first width) the folded matrix is that much smaller than ff's second matmul.
     tokens = last.attend(tokens, context)
-    ff_out = last.ff.proj_out
-    w_out = self.proj_out.kernel[...]
-    kernel = jnp.matmul(ff_out.kernel[...], w_out, precision=jax.lax.Precision.HIGHEST)
-    bias = jnp.matmul(ff_out.bias[...], w_out, precision=jax.lax.Precision.HIGHEST)
     hidden = last.ff.geglu(last.norm3(tokens))
-    return self.proj_out(tokens) + hidden @ kernel.astype(hidden.dtype) + bias.astype(hidden.dtype)
+    kernel, bias = (t.astype(hidden.dtype) for t in folded)
+    return self.proj_out(tokens) + hidden @ kernel + bias
 
 
 class Transformer2DModel(_TransformerWrapper):
@@ -141,7 +149,7 @@ class Transformer2DModel(_TransformerWrapper):
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     """x: (N, H, W, C) frames; context: (N or N / F, L, D) (see Attention) -> (N, H, W, C)."""
     n, h, w, c = x.shape
-    tokens = self._tokens(self.norm(x).reshape(n, h * w, c), context)
+    tokens = self._tokens(self.norm(x).reshape(n, h * w, c), context, self._folded_output())
     return x + tokens.reshape(n, h, w, c)
 
 
@@ -157,19 +165,13 @@ class TransformerTemporalModel(_TransformerWrapper):
     bf, h, w, c = x.shape
     clip = self.norm(x.reshape(bf // num_frames, num_frames, h, w, c))
     tokens = clip.transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
-    tokens = self._pixel_chunks(tokens)
+    folded = self._folded_output()
+    run = lambda t: self._tokens(t, None, folded)
+    # Pixels are independent: on CPU, chunks of _CPU_TOKEN_CHUNK activation elements.
+    chunk = max(1, _CPU_TOKEN_CHUNK // (num_frames * self.proj_in.out_features))
+    if jax.default_backend() == "cpu" and tokens.shape[0] > chunk:
+      tokens = map_in_chunks(run, tokens, chunk)
+    else:
+      tokens = run(tokens)
     out = tokens.reshape(-1, h, w, num_frames, c).transpose(0, 3, 1, 2, 4)
     return x + out.reshape(bf, h, w, c)
-
-  def _pixel_chunks(self, tokens: jax.Array) -> jax.Array:
-    """_tokens over (pixels, F, C), on CPU a chunk of pixels at a time (zero-padded)."""
-    pixels, frames, c = tokens.shape
-    chunk = max(1, _CPU_TOKEN_CHUNK // (frames * self.proj_in.out_features))
-    if jax.default_backend() != "cpu" or pixels <= chunk:
-      return self._tokens(tokens, None)
-    num_chunks = math.ceil(pixels / chunk)
-    chunk = math.ceil(pixels / num_chunks)
-    chunks = jnp.pad(tokens, ((0, num_chunks * chunk - pixels), (0, 0), (0, 0)))
-    chunks = chunks.reshape(num_chunks, chunk, frames, c)
-    chunks = jax.lax.map(lambda t: self._tokens(t, None), chunks)
-    return chunks.reshape(-1, frames, c)[:pixels]

@@ -10,13 +10,12 @@ layer for single-frame inputs (`skip_temporal_if_single_frame`).
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax.models.config import ConfigMixin
+from vdit_jax.models.config import DiffusersConfig
 from vdit_jax.models.group_norm import GroupNorm
 from vdit_jax.models.resnet import conv2d
 from vdit_jax.models.transformer_blocks import TransformerTemporalModel
@@ -42,16 +41,10 @@ MODELSCOPE_CONFIG = {
 
 _DOWN_TYPES = {"CrossAttnDownBlock3D": True, "DownBlock3D": False}
 _UP_TYPES = {"CrossAttnUpBlock3D": True, "UpBlock3D": False}
-# diffusers config.json keys that do not change the network.
-_IGNORED_DIFFUSERS_KEYS = {"_class_name", "_diffusers_version", "_name_or_path",
-                           "_use_default_values", "sample_size"}
-# diffusers keys that must keep their default for this implementation to be exact.
-_REQUIRED_DIFFUSERS_VALUES = {"act_fn": "silu", "num_attention_heads": None,
-                              "time_cond_proj_dim": None}
 
 
 @dataclasses.dataclass(frozen=True)
-class UNet3DConfig(ConfigMixin):
+class UNet3DConfig(DiffusersConfig):
   """Architecture (diffusers field names) plus the port's switches.
 
   attention_head_dim is the head *dimension* (diffusers' naming quirk): heads = C / it.
@@ -74,8 +67,16 @@ class UNet3DConfig(ConfigMixin):
   temporal_dropout: float = 0.1
   remat: bool = False
   skip_temporal_if_single_frame: bool = False
+  # diffusers config.json keys that do not change the network, and keys that must keep the
+  # one value this implementation reproduces exactly.
+  diffusers_ignored = frozenset({"_class_name", "_diffusers_version", "_name_or_path",
+                                 "_use_default_values", "sample_size"})
+  diffusers_required = {"act_fn": "silu", "num_attention_heads": None,
+                        "time_cond_proj_dim": None}
 
   def __post_init__(self):
+    if self.norm_num_groups is None:
+      raise ValueError("UNet3DConfig: norm_num_groups=None is not supported")
     for name in ("down_block_types", "up_block_types", "block_out_channels"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     n = len(self.block_out_channels)
@@ -90,27 +91,6 @@ class UNet3DConfig(ConfigMixin):
     if not isinstance(self.attention_head_dim, int):
       raise ValueError("UNet3DConfig: attention_head_dim must be one int (diffusers' UNet3D "
                        f"accepts no per-block tuple), got {self.attention_head_dim!r}")
-
-  @classmethod
-  def from_diffusers(cls, config: dict[str, Any], **overrides) -> "UNet3DConfig":
-    """From a diffusers UNet3DConditionModel config.json dict (plus the port's switches)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in config.items():
-      if key in _IGNORED_DIFFUSERS_KEYS:
-        continue
-      if key in _REQUIRED_DIFFUSERS_VALUES:
-        if value != _REQUIRED_DIFFUSERS_VALUES[key]:
-          raise ValueError(f"UNet3DConfig.from_diffusers: {key}={value!r} is not supported "
-                           f"(only {_REQUIRED_DIFFUSERS_VALUES[key]!r})")
-        continue
-      if key not in fields:
-        raise ValueError(f"UNet3DConfig.from_diffusers: unknown config key {key!r}")
-      kwargs[key] = value
-    if kwargs.get("norm_num_groups", 1) is None:
-      raise ValueError("UNet3DConfig.from_diffusers: norm_num_groups=None is not supported")
-    return cls(**{**kwargs, **overrides})
-
 
 
 def timestep_features(timesteps: jax.Array, dim: int) -> jax.Array:

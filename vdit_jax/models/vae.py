@@ -7,29 +7,22 @@ the real config). Scaling latents by `config.scaling_factor` is left to the call
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from vdit_jax.models.config import ConfigMixin
+from vdit_jax.models.config import DiffusersConfig
 from vdit_jax.models.group_norm import GroupNorm
 from vdit_jax.models.resnet import Downsample2D, ResnetBlock2D, conv2d
 from vdit_jax.models.transformer_blocks import Attention
 
 _VAE_EPS = 1e-6
-# AutoencoderKL config.json keys that only concern the decoder or the pipeline.
-_IGNORED_DIFFUSERS_KEYS = {
-    "_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "out_channels",
-    "up_block_types", "sample_size", "force_upcast", "use_post_quant_conv", "shift_factor",
-    "latents_mean", "latents_std"}
-# diffusers keys that must keep their default for this implementation to be exact.
-_REQUIRED_DIFFUSERS_VALUES = {"act_fn": "silu"}
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEEncoderConfig(ConfigMixin):
+class VAEEncoderConfig(DiffusersConfig):
   """Encoder architecture (diffusers field names) and the tap position."""
   in_channels: int = 3
   latent_channels: int = 4
@@ -41,6 +34,12 @@ class VAEEncoderConfig(ConfigMixin):
   scaling_factor: float = 0.18215
   tap_block: int = 2
   tap_layer: int = 1
+  # AutoencoderKL config.json keys that only concern the decoder or the pipeline.
+  diffusers_ignored = frozenset({
+      "_class_name", "_diffusers_version", "_name_or_path", "_use_default_values",
+      "out_channels", "up_block_types", "sample_size", "force_upcast", "use_post_quant_conv",
+      "shift_factor", "latents_mean", "latents_std"})
+  diffusers_required = {"act_fn": "silu"}
 
   def __post_init__(self):
     object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
@@ -50,27 +49,13 @@ class VAEEncoderConfig(ConfigMixin):
                        f"[{self.tap_layer}] does not exist")
 
   @classmethod
-  def from_diffusers(cls, config: dict[str, Any], **overrides) -> "VAEEncoderConfig":
+  def from_diffusers(cls, config: Mapping[str, Any], **overrides) -> "VAEEncoderConfig":
     """From a diffusers AutoencoderKL config.json dict."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in config.items():
-      if key in _IGNORED_DIFFUSERS_KEYS:
-        continue
-      if key in _REQUIRED_DIFFUSERS_VALUES:
-        if value != _REQUIRED_DIFFUSERS_VALUES[key]:
-          raise ValueError(f"VAEEncoderConfig.from_diffusers: {key}={value!r} is not supported "
-                           f"(only {_REQUIRED_DIFFUSERS_VALUES[key]!r})")
-        continue
-      if key == "down_block_types":
-        if any(t != "DownEncoderBlock2D" for t in value):
-          raise ValueError(f"VAEEncoderConfig.from_diffusers: unsupported down blocks {value}")
-        continue
-      if key in fields:
-        kwargs[key] = value
-      else:
-        raise ValueError(f"VAEEncoderConfig.from_diffusers: unknown config key {key!r}")
-    return cls(**{**kwargs, **overrides})
+    blocks = config.get("down_block_types", ())
+    if any(t != "DownEncoderBlock2D" for t in blocks):
+      raise ValueError(f"VAEEncoderConfig.from_diffusers: unsupported down blocks {blocks}")
+    return super().from_diffusers(
+        {k: v for k, v in config.items() if k != "down_block_types"}, **overrides)
 
 
 
