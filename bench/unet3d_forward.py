@@ -1,7 +1,8 @@
 """Jitted Flax UNet3D forward vs diffusers PyTorch forward on the same CPU, same weights.
 
 Mid-size ModelScope-shaped config (block_out_channels 64/128/256/256, everything else as the
-real model), random weights moved by the production converter. Prints the JAX compile
+real model), random weights moved by the production converter, compiled with the project's
+CPU options (vdit_jax/xla_options.py). Prints the JAX compile
 time, median step times of both, the JAX/PyTorch ratio and the output difference.
 
   python bench/unet3d_forward.py [--frames 5] [--height 32] [--width 40] [--rounds 4 --steps 3]
@@ -19,6 +20,7 @@ import torch
 from diffusers import UNet3DConditionModel as TorchUNet3D
 from flax import nnx
 
+from vdit_jax import xla_options
 from vdit_jax.convert.diffusers import unet3d_from_diffusers
 from vdit_jax.models.unet3d import MODELSCOPE_CONFIG
 
@@ -83,7 +85,7 @@ def main():
   forward = jax.jit(lambda st, x, c: nnx.merge(graphdef, st)(x, TIMESTEP, c))
   x, c = jnp.asarray(sample), jnp.asarray(context)
   start = time.perf_counter()
-  compiled = forward.lower(state, x, c).compile()
+  compiled = forward.lower(state, x, c).compile(xla_options.for_backend())
   compile_s = time.perf_counter() - start
   out = np.asarray(compiled(state, x, c))
 

@@ -6,6 +6,10 @@ forward, each XLA CPU kernel event mapped to its layer through a named scope, ti
 evenly among kernels that run at the same moment. Prints one row per layer kind and block
 (e.g. u3.resnets sums up_blocks.3.resnets.*), largest JAX time first.
 
+JAX compiles with XLA's default CPU options, not the project's (vdit_jax/xla_options.py):
+those run convolutions as XLA's own asynchronous kernels, whose trace events cover only
+their dispatch, so the resnet rows would show next to nothing.
+
   python bench/unet3d_profile.py [--frames 5] [--height 32] [--width 40] [--steps 3]
 """
 

@@ -27,7 +27,6 @@ TINY_CONFIG = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=2, norm_
                    up_block_types=("UpDecoderBlock2D",) * 4)
 # 36x44 is not a multiple of 8: the bottom/right-padded stride-2 convs round up.
 IMAGES_SHAPE = (2, 36, 44, 3)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,7 @@ def tiny():
   handle.remove()
   model = vae_encoder_from_diffusers(torch_model)
   graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x)).lower(
-      state, images).compile(FAST_COMPILE)
+  forward = parity.compiled(lambda st, x: nnx.merge(graphdef, st)(x), state, images)
   ours = forward(state, jnp.asarray(images))
   return posterior, taps["tap"], ours
 

@@ -40,15 +40,21 @@ class Attention(nnx.Module):
     """x: (N, Lq, query_dim); context: (N, Lk, kv_dim), or (N / F, Lk, kv_dim) shared by
     each run of F consecutive rows of x (a clip's frames); None for self-attention."""
     context = x if context is None else context
-    q, k, v = (split_heads(proj(y), self.heads)
-               for proj, y in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-    repeats, rest = divmod(x.shape[0], context.shape[0])
+    return self.project_out(self.to_q(x), self.to_k(context), self.to_v(context))
+
+  def project_out(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Attention of already projected q (N, Lq, inner) over k, v (N / F, Lk, inner), then
+    to_out -> (N, Lq, query_dim)."""
+    n, lq, inner = q.shape
+    frames, rest = divmod(n, k.shape[0])
     if rest:
-      raise ValueError(f"context batch {context.shape[0]} does not divide query batch "
-                       f"{x.shape[0]}")
-    # Projected after, not before, the repeat: once per clip rather than once per frame.
-    k, v = (jnp.repeat(t, repeats, axis=0) for t in (k, v))
-    return self.to_out(merge_heads(attention(q, k, v)))
+      raise ValueError(f"context batch {k.shape[0]} does not divide query batch {n}")
+    # Frames sharing a context attend as one longer query row per clip: the same result as
+    # diffusers' repeat of the context over frames, with keys projected once per clip. (The
+    # repeat, fused into the attention's matmuls by XLA's CPU YNNPACK path, gave NaNs.)
+    q = q.reshape(k.shape[0], frames * lq, inner)
+    out = attention(*(split_heads(t, self.heads) for t in (q, k, v)))
+    return self.to_out(merge_heads(out).reshape(n, lq, inner))
 
 
 class GEGLU(nnx.Module):
@@ -94,14 +100,20 @@ class BasicTransformerBlock(nnx.Module):
     x = self.attend(x, context)
     return x + self.ff(self.norm3(x))
 
-  def attend(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-    """The two residual attentions, without the feed-forward; shapes as __call__."""
-    x = x + self.attn1(self.norm1(x))
+  def attend(self, x: jax.Array, context: jax.Array | None = None,
+             qkv1: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> jax.Array:
+    """The two residual attentions, without the feed-forward; shapes as __call__. qkv1:
+    attn1's projections of norm1(x), when the caller has them (see _TransformerWrapper)."""
+    if qkv1 is None:
+      x = x + self.attn1(self.norm1(x))
+    else:
+      x = x + self.attn1.project_out(*qkv1)
     return x + self.attn2(self.norm2(x), context)
 
 
 class _TransformerWrapper(nnx.Module):
-  """GroupNorm(eps 1e-6) -> Linear in -> one BasicTransformerBlock -> Linear out."""
+  """GroupNorm(eps 1e-6) -> Linear in -> one BasicTransformerBlock -> Linear out (diffusers'
+  num_layers=1, as everywhere in the UNet3D)."""
 
   def __init__(self, channels: int, *, heads: int, head_dim: int, groups: int,
                cross_attention_dim: int | None, rngs: nnx.Rngs, dtype=jnp.float32,
@@ -116,7 +128,7 @@ class _TransformerWrapper(nnx.Module):
     self.proj_out = nnx.Linear(inner, channels, rngs=rngs, **dt)
 
   def _folded_output(self) -> tuple[jax.Array, jax.Array] | None:
-    """(kernel, bias) of the last block's ff output layer followed by proj_out, or None.
+    """(kernel, bias) of the block's ff output layer followed by proj_out, or None.
 
     proj_out(h + ff(h)) = proj_out(h) + geglu(h) @ (W_ff_out @ W_out) + b_ff_out @ W_out: two
     linear layers in a row are one. Where proj_out narrows (transformer_in: 512 to the UNet's
@@ -124,23 +136,58 @@ class _TransformerWrapper(nnx.Module):
     """
     if self.proj_out.out_features >= self.proj_out.in_features:
       return None
-    ff_out, w_out = self.transformer_blocks[-1].ff.proj_out, self.proj_out.kernel[...]
-    fold = lambda w: jnp.matmul(w, w_out, precision=jax.lax.Precision.HIGHEST)
-    return fold(ff_out.kernel[...]), fold(ff_out.bias[...])
+    ff_out, w_out = self.transformer_blocks[0].ff.proj_out, self.proj_out.kernel[...]
+    return _exact_matmul(ff_out.kernel[...], w_out), _exact_matmul(ff_out.bias[...], w_out)
 
-  def _tokens(self, tokens: jax.Array, context: jax.Array | None,
-              folded: tuple[jax.Array, jax.Array] | None) -> jax.Array:
-    """proj_in, the blocks, proj_out; `folded` from _folded_output (computed once per call)."""
-    tokens = self.proj_in(tokens)
-    *blocks, last = self.transformer_blocks
-    for block in blocks:
-      tokens = block(tokens, context)
-    if folded is None:
-      return self.proj_out(last(tokens, context))
-    tokens = last.attend(tokens, context)
-    hidden = last.ff.geglu(last.norm3(tokens))
-    kernel, bias = (t.astype(hidden.dtype) for t in folded)
-    return self.proj_out(tokens) + hidden @ kernel + bias
+  def _folded_input(self) -> dict[str, jax.Array] | None:
+    """proj_in folded into attn1's q, k, v projections of norm1's output, or None.
+
+    With h = x W_in + b_in, LayerNorm(h) = (h - mean) / std * g + beta, and G = diag(g)
+    [W_q W_k W_v], the projections are (x (W_in G) + b_in G - mean * sum_rows(G)) / std
+    + beta [W_q W_k W_v] (attn1 has no q, k, v biases). Where proj_in widens (transformer_in:
+    the UNet's first width to 512), W_in G is that much smaller than [W_q W_k W_v]; only
+    the statistics still need h.
+    """
+    if self.proj_in.in_features >= self.proj_in.out_features:
+      return None
+    block = self.transformer_blocks[0]
+    attn, norm = block.attn1, block.norm1
+    qkv = jnp.concatenate([p.kernel[...] for p in (attn.to_q, attn.to_k, attn.to_v)], axis=1)
+    scaled = norm.scale[...][:, None] * qkv
+    return dict(kernel=_exact_matmul(self.proj_in.kernel[...], scaled),
+                bias=_exact_matmul(self.proj_in.bias[...], scaled),
+                row_sum=scaled.sum(0), shift=_exact_matmul(norm.bias[...], qkv))
+
+  def _first_qkv(self, x: jax.Array, h: jax.Array, fold: dict[str, jax.Array]):
+    """attn1's (q, k, v), each (N, L, inner), from proj_in's input x and output h."""
+    stats = h.astype(jnp.float32)
+    mean = stats.mean(-1, keepdims=True)
+    var = jnp.square(stats - mean).mean(-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(var + self.transformer_blocks[0].norm1.epsilon)
+    kernel, bias, row_sum, shift = (fold[k].astype(x.dtype)
+                                    for k in ("kernel", "bias", "row_sum", "shift"))
+    mean, inv_std = mean.astype(x.dtype), inv_std.astype(x.dtype)
+    qkv = (x @ kernel + bias - mean * row_sum) * inv_std + shift
+    return jnp.split(qkv, 3, axis=-1)
+
+  def _tokens(self, tokens: jax.Array, context: jax.Array | None, folds: dict) -> jax.Array:
+    """proj_in, the block, proj_out; `folds` from _folds (computed once per call, not per
+    chunk)."""
+    block, hidden = self.transformer_blocks[0], self.proj_in(tokens)
+    qkv1 = None if folds["input"] is None else self._first_qkv(tokens, hidden, folds["input"])
+    hidden = block.attend(hidden, context, qkv1)
+    if folds["output"] is None:
+      return self.proj_out(hidden + block.ff(block.norm3(hidden)))
+    geglu = block.ff.geglu(block.norm3(hidden))
+    kernel, bias = (t.astype(geglu.dtype) for t in folds["output"])
+    return self.proj_out(hidden) + geglu @ kernel + bias
+
+  def _folds(self) -> dict:
+    return dict(input=self._folded_input(), output=self._folded_output())
+
+
+def _exact_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 class Transformer2DModel(_TransformerWrapper):
@@ -149,7 +196,7 @@ class Transformer2DModel(_TransformerWrapper):
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     """x: (N, H, W, C) frames; context: (N or N / F, L, D) (see Attention) -> (N, H, W, C)."""
     n, h, w, c = x.shape
-    tokens = self._tokens(self.norm(x).reshape(n, h * w, c), context, self._folded_output())
+    tokens = self._tokens(self.norm(x).reshape(n, h * w, c), context, self._folds())
     return x + tokens.reshape(n, h, w, c)
 
 
@@ -165,8 +212,8 @@ class TransformerTemporalModel(_TransformerWrapper):
     bf, h, w, c = x.shape
     clip = self.norm(x.reshape(bf // num_frames, num_frames, h, w, c))
     tokens = clip.transpose(0, 2, 3, 1, 4).reshape(-1, num_frames, c)
-    folded = self._folded_output()
-    run = lambda t: self._tokens(t, None, folded)
+    folds = self._folds()
+    run = lambda t: self._tokens(t, None, folds)
     # Pixels are independent: on CPU, chunks of _CPU_TOKEN_CHUNK activation elements.
     chunk = max(1, _CPU_TOKEN_CHUNK // (num_frames * self.proj_in.out_features))
     if jax.default_backend() == "cpu" and tokens.shape[0] > chunk:
