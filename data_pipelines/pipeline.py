@@ -225,10 +225,8 @@ class _TFRecordShardIterator(grain.DatasetIterator):
     return {"index": self._index}
 
   def set_state(self, state):
-    self._records = shards.read_tfrecord(self._path)
-    self._index = 0
-    for _ in range(state["index"]):
-      next(self)
+    self._index = state["index"]
+    self._records = shards.read_tfrecord(self._path, start=self._index)
 
 
 class _TFRecordShard(grain.IterDataset):

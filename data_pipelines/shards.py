@@ -133,8 +133,10 @@ def _check_crc(data: bytes, crc: bytes, path: str, index: int, what: str) -> Non
     raise ShardError(f"{location(path, index)}: {what} CRC mismatch (corrupt shard)")
 
 
-def read_tfrecord(path: str, *, verify_crc: bool = True) -> Iterator[bytes]:
-  """Yields the records of a TFRecord shard; a truncated record or a bad CRC raises ShardError."""
+def read_tfrecord(path: str, *, verify_crc: bool = True, start: int = 0) -> Iterator[bytes]:
+  """Yields the records of a TFRecord shard from record `start` on; a truncated record or a
+  bad CRC raises ShardError. Records before `start` are stepped over by their checked length
+  headers, their data unread (a restored iterator resumes without re-reading the shard)."""
   with open(path, "rb") as f:
     size = os.fstat(f.fileno()).st_size
     for index in itertools.count():
@@ -148,6 +150,10 @@ def read_tfrecord(path: str, *, verify_crc: bool = True) -> Iterator[bytes]:
       if length > size - f.tell():  # checked first: an unchecked bad length can be huge
         raise ShardError(f"{location(path, index)}: truncated record (needs {length} bytes, "
                          f"{size - f.tell()} left)")
+      if index < start:
+        f.seek(length, os.SEEK_CUR)
+        _read_exactly(f, _CRC.size, path, index, "record CRC")
+        continue
       data = f.read(length)
       data_crc = _read_exactly(f, _CRC.size, path, index, "record CRC")
       if verify_crc:

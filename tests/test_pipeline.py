@@ -371,6 +371,18 @@ def test_truncated_shard(tmp_path):
   assert pipeline.skipped_counts()["shards"] - before == 1
 
 
+def test_tfrecord_shard_restores_mid_shard(dataset_dirs):
+  path = shards.list_shards(dataset_dirs["tfrecord"], "train")[0]
+  it = iter(pipeline._TFRecordShard(path, skip_bad=False))
+  first = next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  rest = list(it)
+  restored = iter(pipeline._TFRecordShard(path, skip_bad=False))
+  restored.set_state(state)
+  assert rest and list(restored) == rest
+  assert first not in rest
+
+
 def test_worker_processes_restore(dataset_dirs, tmp_path):
   config = _config(dataset_dirs["array_record"], "array_record", worker_count=2,
                    worker_buffer_size=1)

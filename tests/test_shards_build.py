@@ -176,6 +176,26 @@ def test_flipped_byte_fails_the_crc(tmp_path, tfrecord_paths, encoded):
   assert str(error.value).startswith(shards.location(top_byte, 2) + ":")
 
 
+def test_read_tfrecord_from_a_start_record_steps_over_the_data_before_it(
+    tmp_path, tfrecord_paths, encoded):
+  path = tfrecord_paths[0]
+  whole = list(shards.read_tfrecord(path))
+  for start in range(len(whole) + 1):
+    assert list(shards.read_tfrecord(path, start=start)) == whole[start:]
+  # Record 1's data is not read when starting at 2, so its flipped byte goes unnoticed; from
+  # 1 on, its CRC catches it. A truncated record before the start is still reported.
+  flipped = _corrupt_copy(tmp_path, path, lambda d: d.__setitem__(
+      _offset(encoded, 1) + 12 + 30, d[_offset(encoded, 1) + 12 + 30] ^ 0x20))
+  assert list(shards.read_tfrecord(flipped, start=2)) == whole[2:]
+  with pytest.raises(shards.ShardError, match="record CRC mismatch"):
+    list(shards.read_tfrecord(flipped, start=1))
+  cut = _corrupt_copy(tmp_path, path, lambda d: d.__delitem__(
+      slice(_offset(encoded, 1) + 12 + 30, None)))
+  with pytest.raises(shards.ShardError, match="truncated record") as error:
+    list(shards.read_tfrecord(cut, start=2))
+  assert str(error.value).startswith(shards.location(cut, 1) + ":")
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_process_shards_are_disjoint_and_cover(count):
   names = [f"s{i}" for i in range(11)]
