@@ -44,6 +44,18 @@ def models_and_inputs(batch: int, frames: int, height: int, width: int):
   return torch_model, unet3d_from_diffusers(torch_model), sample, context
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+  """--frames, --height, --width of the sample `models_and_inputs` builds (latent size)."""
+  parser.add_argument("--frames", type=int, default=5)
+  parser.add_argument("--height", type=int, default=32)
+  parser.add_argument("--width", type=int, default=40)
+
+
+def torch_sample(sample: np.ndarray) -> torch.Tensor:
+  """(B, F, H, W, C) -> diffusers' (B, C, F, H, W)."""
+  return torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
+
+
 def _medians(fns, steps: int, rounds: int) -> list[float]:
   """Median seconds of each fn over `rounds` blocks of steps, blocks alternating between fns.
 
@@ -65,9 +77,7 @@ def _medians(fns, steps: int, rounds: int) -> list[float]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--frames", type=int, default=5)
-  parser.add_argument("--height", type=int, default=32)
-  parser.add_argument("--width", type=int, default=40)
+  add_input_arguments(parser)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
   parser.add_argument("--rounds", type=int, default=4,
                       help="alternating blocks per framework; more smooth out a noisy machine")
@@ -78,7 +88,7 @@ def main():
   torch_model, model, sample, context = models_and_inputs(
       args.batch, args.frames, args.height, args.width)
   shape = sample.shape
-  torch_sample = torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
+  torch_x = torch_sample(sample)
   torch_context = torch.from_numpy(context)
 
   graphdef, state = nnx.split(model)
@@ -91,7 +101,7 @@ def main():
 
   def torch_step():
     with torch.no_grad():
-      return torch_model(torch_sample, TIMESTEP, torch_context).sample
+      return torch_model(torch_x, TIMESTEP, torch_context).sample
 
   ref = torch_step().numpy().transpose(0, 2, 3, 4, 1)
   jax_s, torch_s = _medians(

@@ -25,11 +25,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
 from flax import nnx
 
-from unet3d_forward import TIMESTEP, models_and_inputs
+from unet3d_forward import TIMESTEP, add_input_arguments, models_and_inputs, torch_sample
 from vdit_jax.models import resnet, transformer_blocks, unet3d_layers
 
 LAYERS = (resnet.ResnetBlock2D, resnet.Downsample2D, resnet.Upsample2D,
@@ -125,16 +124,14 @@ def _apportion(events, layer_of: dict[str, str], steps: int) -> dict[str, float]
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--frames", type=int, default=5)
-  parser.add_argument("--height", type=int, default=32)
-  parser.add_argument("--width", type=int, default=40)
+  add_input_arguments(parser)
   parser.add_argument("--steps", type=int, default=3)
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   torch_model, model, sample, context = models_and_inputs(1, args.frames, args.height,
                                                           args.width)
-  torch_sample = torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
-  by_torch = torch_times(torch_model, torch_sample, torch.from_numpy(context), args.steps)
+  by_torch = torch_times(torch_model, torch_sample(sample), torch.from_numpy(context),
+                         args.steps)
   by_jax = jax_times(model, sample, context, args.steps)
   rows = collections.defaultdict(lambda: [0.0, 0.0])
   for column, times in enumerate((by_jax, by_torch)):
