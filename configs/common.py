@@ -37,38 +37,86 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
-def backbone(weights_dir: str = BACKBONE_DIR) -> ml_collections.ConfigDict:
-  """The frozen diffusion feature extractor and its trainable adapters (§2)."""
+def model(weights_dir: str = BACKBONE_DIR) -> ml_collections.ConfigDict:
+  """`config.model`: where the frozen towers come from, how they run, and the trainable parts.
+
+  The towers come from `weights_dir` (made by `python -m vdit_jax.convert backbone`) or, when
+  it is "", are built at random from the architectures in `random_towers` (the tiny variant).
+  """
   return ml_collections.ConfigDict(dict(
       weights_dir=weights_dir,
-      # Compute / parameter dtypes of the frozen towers; the original runs fp32.
-      dtype="float32",
-      param_dtype="float32",
-      remat=False,
-      # SD-VAE latent scaling; the original samples the posterior (not its mode).
-      latent_scale=0.18215,
+      random_towers=ml_collections.ConfigDict(),
+      towers=towers(),
+      extractor=extractor(),
+      head=head(),
+  ))
+
+
+def towers() -> ml_collections.ConfigDict:
+  """Run-time settings of each frozen tower, the keyword arguments of its module
+  (vdit_jax/towers.py); the architecture comes with the weights. The original runs fp32."""
+  dtypes = dict(dtype="float32", param_dtype="float32")
+  return ml_collections.ConfigDict(dict(
+      # VD-IT skips the temporal layers for single-frame inputs (its
+      # mymodels/unet_3d_blocks.py); the temporal convs' Dropout(0.1) stays active in
+      # training because engine.py:31 puts the frozen UNet back in train mode.
+      unet=dict(dtypes, remat=False, skip_temporal_if_single_frame=True, temporal_dropout=0.1),
+      vae_encoder=dict(dtypes),
+      clip_text=dict(dtypes, remat=False),
+      clip_vision=dict(dtypes, remat=False),
+      roberta=dict(dtypes, remat=False),
+  ))
+
+
+def extractor() -> ml_collections.ConfigDict:
+  """The diffusion feature extractor's own settings (VD-IT Text-To-Video-Finetuning/
+  train_itcross_pn.py FeatureExtractor); the pyramid's channels are `head.in_channels`."""
+  return ml_collections.ConfigDict(dict(
+      # The original samples the VAE posterior (not its mean), in training and inference.
       sample_latents=True,
-      # The UNet runs once at t=0 (§2.5): add_noise with sqrt(abar_0), sqrt(1 - abar_0).
+      # The UNet runs once, at t=0 (train_itcross_pn.py:337-342): DDPMScheduler.add_noise
+      # with ModelScope's scaled-linear betas.
       timestep=0,
       beta_start=0.00085,
       beta_end=0.012,
-      # Temporal-conv dropout stays active in training, as in the original (§2.1).
-      temporal_dropout=0.1,
-      # VD-IT skips the temporal layers for single-frame inputs (§2.9).
-      skip_temporal_if_single_frame=True,
-      # Text-guided image projection (§2.6): 16-head bias-free cross attention + FFN.
+      num_train_timesteps=1000,
+      # The learned noise is standardised per video ("video") or, as the original with its
+      # one video per GPU, over the whole batch ("batch").
+      noise_statistics="video",
+      # Text-guided image projection (train_itcross_pn.py:49-152): 16-head bias-free cross
+      # attention, FFN width 512, post-LayerNorms.
       fusion_heads=16,
       fusion_ffn_dim=512,
       fusion_ln_eps=1e-6,
-      clip_max_length=77,
-      # Channels of the 4-level pyramid after act_postprocess (strides 4, 8, 16, 32).
-      pyramid_channels=(128, 256, 512, 1024),
+  ))
+
+
+def tiny_random_towers() -> ml_collections.ConfigDict:
+  """Architectures of the random towers of the tiny variant: the real towers' structure (four
+  UNet levels, the VAE's stride-4 tap after two resnets) at small widths, and the real
+  vocabularies so the real tokenizers fit."""
+  return ml_collections.ConfigDict(dict(
+      unet=dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, attention_head_dim=8,
+                norm_num_groups=8, cross_attention_dim=32),
+      vae_encoder=dict(block_out_channels=(16, 16, 32, 32), layers_per_block=2,
+                       norm_num_groups=8),
+      clip_text=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"),
+      clip_vision=dict(hidden_size=48, intermediate_size=96, projection_dim=32,
+                       num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                       patch_size=14, hidden_act="gelu"),
+      roberta=dict(vocab_size=50265, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=2),
   ))
 
 
 def head() -> ml_collections.ConfigDict:
-  """The SgMg / ReferFormer-style segmentation head (§3.1)."""
+  """The SgMg / ReferFormer-style segmentation head: VD-IT's opts.py option names, plus the
+  pyramid's channels (strides 4, 8, 16, 32; the extractor's act_postprocess outputs them)
+  and RoBERTa's width."""
   return ml_collections.ConfigDict(dict(
+      in_channels=(128, 256, 512, 1024),
+      text_dim=768,
       hidden_dim=256,
       num_queries=5,
       num_classes=1,
@@ -185,7 +233,7 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
   ))
-  config.model = ml_collections.ConfigDict(dict(backbone=backbone(), head=head()))
+  config.model = model()
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
@@ -201,10 +249,11 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.data.shards_dir = f"data/synthetic_shards/{config.data.dataset}"
   config.data.raw_dir = f"data/synthetic/{config.data.dataset}"
   config.data.worker_count = 0
-  config.model.backbone.weights_dir = ""  # "" = random tiny towers, no converted weights.
+  config.model.weights_dir = ""
+  config.model.random_towers = tiny_random_towers()
   config.model.head.update(hidden_dim=32, num_queries=2, enc_layers=1, dec_layers=1, nheads=2,
-                           dim_feedforward=64, mask_dim=32, dynamic_mask_channels=8)
-  config.model.backbone.pyramid_channels = (16, 32, 32, 64)
+                           dim_feedforward=64, mask_dim=32, dynamic_mask_channels=8,
+                           in_channels=(16, 32, 32, 64), text_dim=32)
   if "augmentation" in config.data:
     config.data.augmentation.update(scales=(64, 72), max_size=96, crop_resize_scales=(80,),
                                     crop_min_size=64, crop_max_size=80)

@@ -8,6 +8,7 @@ import torch
 import transformers
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
 from vdit_jax.models import clip
@@ -125,8 +126,8 @@ def test_directory_source_with_legacy_prefix_and_full_clip_model(tmp_path, text_
     np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
   legacy = {f"text_model.{k}": v.numpy() for k, v in src.state_dict().items()}
-  params = core.convert_tensors(legacy.items(), core.target_shapes(dst), convert.CLIP_TEXT_RULES)
-  assert len(params) == len(core.target_shapes(dst))
+  params = core.convert_tensors(legacy.items(), abstract_build.param_shapes(dst), convert.CLIP_TEXT_RULES)
+  assert len(params) == len(abstract_build.param_shapes(dst))
 
   full = transformers.CLIPModel(transformers.CLIPConfig(text_config=TINY_TEXT,
                                                         vision_config=TINY_VISION,
@@ -182,9 +183,9 @@ def _meta_items(model: torch.nn.Module, prefix: str = ""):
 
 def check_full_size(make, expected_params, rules, *torch_layouts):
   """Counts the abstract module's parameters and maps each (model, key prefix) onto it."""
-  abstract = nnx.eval_shape(lambda: make(core.host_rngs(0)))
+  abstract = nnx.eval_shape(lambda: make(abstract_build.host_rngs(0)))
   assert clip.count_params(abstract) == expected_params
-  targets = core.target_shapes(abstract)
+  targets = abstract_build.param_shapes(abstract)
   for torch_model, prefix in torch_layouts:
     seen = []
     core.convert_tensors(_meta_items(torch_model, prefix), targets, rules,

@@ -3,8 +3,10 @@
 import importlib
 
 import pytest
+from flax import nnx
 
 from configs import common
+from vdit_jax import backbone_format, towers
 
 CONFIGS = ("ytvos", "davis", "a2d", "jhmdb", "refcoco")
 
@@ -23,57 +25,51 @@ def test_config_loads(name, arg):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_tiny_is_small_and_needs_no_weights(name):
+def test_tiny_builds_random_towers_with_its_settings(name):
+  """The tiny variant names its random towers' architectures; they build (abstractly) with
+  the config's run-time settings, and the full config loads converted weights instead."""
   full, tiny = _get(name), _get(name, "tiny")
-  assert tiny.model.backbone.weights_dir == "" and full.model.backbone.weights_dir
-  assert tiny.model.head.hidden_dim < full.model.head.hidden_dim
-  assert tiny.data.raw_dir.startswith("data/synthetic/")
+  assert full.model.weights_dir and not full.model.random_towers
+  assert tiny.model.weights_dir == ""
+  built = nnx.eval_shape(lambda: towers.random_towers(tiny.model.random_towers,
+                                                      tiny.model.towers))
+  assert set(built) == set(backbone_format.TOWERS)
+  assert built["unet"].skip_temporal_if_single_frame
+  widths = {n: m.config.hidden_size for n, m in built.items() if n in ("clip_text", "roberta")}
+  assert widths["roberta"] == tiny.model.head.text_dim
+  assert built["unet"].config.cross_attention_dim == widths["clip_text"]
 
 
 def test_ytvos_is_the_papers_recipe():
-  """vdit-original.md §3.1 (head), §4 (losses), §5.2-5.3 (optimisation, sampling), §7."""
+  """The fields the code reads today, against the original: VD-IT opts.py defaults plus the
+  flags of scripts/dist_train_ytvos_vdit.sh (--with_box_refine --binary
+  --freeze_text_encoder, 2 GPUs x batch 1), datasets/ytvos.py (sampling, augmentation) and
+  models/diffvos_cross.py (loss weights)."""
   c = _get("ytvos")
-  assert c.seed == 42
+  assert c.seed == 42  # opts.py --seed
   aug = c.data.augmentation
-  assert aug.num_frames == 5
-  assert aug.local_window == 3 and aug.num_global_frames == 2
-  assert aug.reverse_prob == 0.3
+  assert aug.num_frames == 5  # opts.py --num_frames
+  # datasets/ytvos.py:100-120: anchor +- U{1..3} plus 2 global frames, 30% reversal.
+  assert aug.local_window == 3 and aug.reverse_prob == 0.3
+  # datasets/ytvos.py:201-236 (make_coco_transforms).
   assert tuple(aug.scales) == (288, 320, 352, 392, 416, 448, 480, 512)
   assert aug.max_size == 640
   assert tuple(aug.crop_resize_scales) == (400, 500, 600)
   assert (aug.crop_min_size, aug.crop_max_size) == (384, 600)
   assert aug.select_prob == 0.5 and aug.flip_prob == 0.5
-  assert c.data.batch_size == 2  # 2 GPUs x 1 clip.
+  assert c.data.batch_size == 2  # 2 GPUs x --batch_size 1.
   assert c.data.mean == (0.485, 0.456, 0.406) and c.data.std == (0.229, 0.224, 0.225)
-  opt = c.optimizer
-  assert (opt.lr, opt.weight_decay, opt.grad_clip_norm) == (5e-5, 5e-4, 0.1)
-  assert (opt.b1, opt.b2, opt.eps) == (0.9, 0.999, 1e-8)
-  assert c.schedule.epochs == 9
-  assert tuple(c.schedule.lr_drops) == (6, 8) and c.schedule.drop_factor == 0.1
-  head = c.model.head
-  assert (head.hidden_dim, head.num_queries, head.num_classes) == (256, 5, 1)
-  assert (head.enc_layers, head.dec_layers, head.nheads) == (4, 4, 8)
-  assert (head.dim_feedforward, head.dropout) == (2048, 0.1)
-  assert (head.num_feature_levels, head.enc_n_points, head.dec_n_points) == (4, 4, 4)
-  assert head.with_box_refine and head.aux_loss and head.rel_coord
-  assert (head.mask_dim, head.controller_layers, head.dynamic_mask_channels) == (256, 2, 16)
-  assert (head.text_dropout, head.text_ln_eps) == (0.1, 1e-12)
-  bb = c.model.backbone
-  assert (bb.latent_scale, bb.timestep, bb.sample_latents) == (0.18215, 0, True)
-  assert (bb.beta_start, bb.beta_end) == (0.00085, 0.012)
-  assert bb.temporal_dropout == 0.1 and bb.skip_temporal_if_single_frame
-  assert (bb.fusion_heads, bb.fusion_ffn_dim, bb.fusion_ln_eps) == (16, 512, 1e-6)
-  assert bb.clip_max_length == 77
-  assert tuple(bb.pyramid_channels) == (128, 256, 512, 1024)
-  assert (bb.dtype, bb.param_dtype) == ("float32", "float32")
-  loss = c.loss
+  loss = c.loss  # opts.py --set_cost_* and the *_loss_coef defaults.
   assert dict(loss.matcher) == dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0,
                                     cost_mask=2.0, cost_dice=5.0)
   assert dict(loss.weights) == dict(ce=2.0, bbox=5.0, giou=2.0, mask=2.0, dice=5.0,
                                     mask_low=2.0, dice_low=5.0)
   assert (loss.focal_alpha, loss.focal_gamma) == (0.25, 2.0)
-  pre = c.eval.preprocessing
-  assert (pre.short_side, pre.max_size, pre.size_divisor, pre.window) == (360, 640, 16, 0)
+  unet = c.model.towers.unet  # fp32; train_itcross_pn.py loads the towers in fp32.
+  assert (unet.dtype, unet.param_dtype, unet.temporal_dropout) == ("float32", "float32", 0.1)
+  assert unet.skip_temporal_if_single_frame
+  pre = c.eval.preprocessing  # inference_ytvos.py: Resize(360), padded to /16, whole videos.
+  assert (pre.short_side, pre.size_divisor, pre.window) == (360, 16, 0)
 
 
 def test_a2d_and_davis_recipes():

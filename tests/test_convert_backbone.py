@@ -18,7 +18,7 @@ import torch
 import transformers
 from flax import nnx
 
-from vdit_jax import pretrained
+from vdit_jax import pretrained, towers
 from vdit_jax.convert import __main__ as cli
 from vdit_jax.convert import backbone, core
 from vdit_jax.convert import diffusers as dconv
@@ -109,9 +109,17 @@ def converted(sources, tmp_path_factory):
   return str(out)
 
 
+def _settings(dtype="float32", param_dtype="float32", **options):
+  """Run-time settings of every tower, as `config.model.towers` holds them."""
+  dtypes = dict(dtype=dtype, param_dtype=param_dtype)
+  return {"vae_encoder": dtypes, "clip_text": dict(dtypes, **options),
+          "clip_vision": dict(dtypes, **options), "roberta": dict(dtypes, **options),
+          "unet": dict(dtypes, **options)}
+
+
 @pytest.fixture(scope="module")
 def loaded(converted):
-  return pretrained.load_backbone(converted)
+  return pretrained.load_backbone(converted, _settings())
 
 
 def _torch_count(*modules) -> int:
@@ -195,15 +203,15 @@ def test_bfloat16_store_load_cast_and_sharding(sources, converted, loaded, tmp_p
   source_dirs = sources[0]
   towers = {"clip_text": backbone.backbone_towers()["clip_text"]}
   out = tmp_path / "bf16"
-  manifest = backbone.convert_backbone(source_dirs, out, dtype="bfloat16", towers=towers,
-                                       tokenizers={})
+  manifest = backbone.convert_backbone(source_dirs, out, dtype="bfloat16",
+                                       towers_to_convert=towers, tokenizers={})
   assert manifest["dtype"] == "bfloat16" and list(manifest["towers"]) == ["clip_text"]
   want = {p: v.astype(jnp.bfloat16) for p, v in _params(loaded["clip_text"]).items()}
   mesh = jax.make_mesh((num_devices,), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  stored = pretrained.load_backbone(out, shardings=replicated)["clip_text"]
-  cast = pretrained.load_backbone(converted, towers=["clip_text"],
-                                  dtype=jnp.bfloat16)["clip_text"]
+  bf16 = {"clip_text": _settings("bfloat16", "bfloat16")["clip_text"]}
+  stored = pretrained.load_backbone(out, bf16, shardings=replicated)["clip_text"]
+  cast = pretrained.load_backbone(converted, bf16)["clip_text"]
   for module in (stored, cast):
     got = _params(module)
     for path, value in want.items():
@@ -220,6 +228,10 @@ class _ProjConfig:
   @classmethod
   def from_source(cls, d):
     return cls(d["features"])
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(**d)
 
   def to_dict(self):
     return dataclasses.asdict(self)
@@ -241,13 +253,15 @@ def test_mesh_shardings_follow_partition_annotations(tmp_path, num_devices):
   safetensors.torch.save_file({f"proj.{k}": v for k, v in linear.state_dict().items()},
                               src / "model.safetensors")
   (src / "config.json").write_text(json.dumps({"features": 2 * num_devices}))
-  registry = {"proj": backbone.Tower("roberta", "proj", _ProjConfig.from_source,
-                                     lambda d: _ProjConfig(**d), _Proj, core.Rules())}
-  backbone.convert_backbone({"roberta": str(tmp_path)}, tmp_path / "out", towers=registry,
-                            tokenizers={})
+  spec = towers.TowerSpec(_ProjConfig, _Proj)
+  registry = {"proj": backbone.Tower("roberta", "proj", _ProjConfig.from_source, core.Rules(),
+                                     spec)}
+  backbone.convert_backbone({"roberta": str(tmp_path)}, tmp_path / "out",
+                            towers_to_convert=registry, tokenizers={})
   mesh = jax.make_mesh((num_devices,), ("model",),
                        axis_types=(jax.sharding.AxisType.Auto,))
-  proj = pretrained.load_backbone(tmp_path / "out", shardings=mesh, registry=registry)["proj"]
+  proj = pretrained.load_backbone(tmp_path / "out", {"proj": _settings()["vae_encoder"]},
+                                  shardings=mesh, specs={"proj": spec})["proj"]
   kernel, bias = proj.proj.kernel[...], proj.proj.bias[...]
   assert kernel.sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
       None, "model"))
@@ -317,7 +331,8 @@ def test_existing_out_needs_overwrite(sources, tmp_path, capsys):
   assert "already exists; pass --overwrite" in capsys.readouterr().err
   assert (out / "keep.txt").exists()
   towers = {"vae_encoder": backbone.backbone_towers()["vae_encoder"]}
-  backbone.convert_backbone(source_dirs, out, towers=towers, tokenizers={}, overwrite=True)
+  backbone.convert_backbone(source_dirs, out, towers_to_convert=towers, tokenizers={},
+                            overwrite=True)
   assert sorted(os.listdir(out)) == ["manifest.json", "vae_encoder"]
   assert sorted(os.listdir(tmp_path)) == ["backbone"]
 
@@ -333,9 +348,15 @@ def test_load_errors_name_the_directory_and_command(converted, tmp_path):
   with pytest.raises(pretrained.ConvertedBackboneError,
                      match=f"(?s){tmp_path / 'nope'}: no such directory.*"
                            "python -m vdit_jax.convert backbone"):
-    pretrained.load_backbone(tmp_path / "nope")
+    pretrained.load_backbone(tmp_path / "nope", _settings())
   with pytest.raises(pretrained.ConvertedBackboneError, match="no converted tower nope"):
-    pretrained.load_backbone(converted, towers=["nope"])
+    pretrained.load_backbone(converted, {"nope": {}})
+  with pytest.raises(towers.TowerSettingsError,
+                     match="tower 'unet' has no setting 'rmat' .*skip_temporal_if_single_frame"):
+    pretrained.load_backbone(converted, {"unet": dict(_settings()["unet"], rmat=True)})
+  with pytest.raises(towers.TowerSettingsError, match="tower 'vae_encoder' has no setting 'remat'"):
+    pretrained.load_backbone(converted, {"vae_encoder": dict(_settings()["vae_encoder"],
+                                                             remat=False)})
   copy = tmp_path / "copy"
   shutil.copytree(converted, copy)
   config_path = copy / "clip_text" / "config.json"
@@ -345,4 +366,4 @@ def test_load_errors_name_the_directory_and_command(converted, tmp_path):
   with pytest.raises(pretrained.ConvertedBackboneError,
                      match=r"(?s)clip_text parameters do not match.*encoder/layers/1/.*: "
                            r"unexpected.*Create it with"):
-    pretrained.load_backbone(copy, towers=["clip_text"])
+    pretrained.load_backbone(copy, {"clip_text": _settings()["clip_text"]})

@@ -5,6 +5,7 @@ import pytest
 import torch
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 
 import parity
@@ -64,7 +65,7 @@ RULES = core.Rules(ignore=[r"position_ids"])
 
 def test_converted_outputs_match_torch(pair):
   src, dst = pair
-  params = core.convert_tensors(_items(src.state_dict()), core.target_shapes(dst), RULES)
+  params = core.convert_tensors(_items(src.state_dict()), abstract_build.param_shapes(dst), RULES)
   core.load_params(dst, params)
   ids = np.random.default_rng(0).integers(0, 10, size=(2, 5, 7))
   with torch.no_grad():
@@ -80,7 +81,7 @@ def test_every_mismatch_is_reported(pair):
   sd["extra.weight"] = np.zeros(3, np.float32)
   sd["blocks.0.weight"] = np.zeros((8, 4, 5, 5), np.float32)
   with pytest.raises(core.ConversionError) as err:
-    core.convert_tensors(sd.items(), core.target_shapes(dst), RULES, what="tiny")
+    core.convert_tensors(sd.items(), abstract_build.param_shapes(dst), RULES, what="tiny")
   assert err.value.missing == ["proj.bias"]
   assert err.value.unexpected == ["extra.weight"]
   assert len(err.value.mismatched) == 1 and "blocks.0.weight" in err.value.mismatched[0]
@@ -91,5 +92,5 @@ def test_renames_apply_before_the_lookup(pair):
   src, dst = pair
   sd = {k.replace("proj.", "linear_in."): v.numpy() for k, v in src.state_dict().items()}
   rules = core.Rules(renames=[(r"^linear_in\.", "proj.")], ignore=[r"position_ids"])
-  params = core.convert_tensors(sd.items(), core.target_shapes(dst), rules)
+  params = core.convert_tensors(sd.items(), abstract_build.param_shapes(dst), rules)
   np.testing.assert_array_equal(params[("proj", "kernel")], sd["linear_in.weight"].T)

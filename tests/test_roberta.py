@@ -7,6 +7,7 @@ import torch
 import transformers
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.convert import transformers as convert
 from vdit_jax.models import clip, roberta
@@ -112,12 +113,12 @@ def test_full_size_roberta_base_shapes_and_rules():
   for pooler, source, expected in ((True, model, 124_645_632),
                                    (False, masked_lm, 124_645_632 - 768 * 768 - 768)):
     abstract = nnx.eval_shape(lambda p=pooler: roberta.RobertaModel(
-        config, add_pooling_layer=p, rngs=core.host_rngs(0)))
+        config, add_pooling_layer=p, rngs=abstract_build.host_rngs(0)))
     assert clip.count_params(abstract) == expected
     items = ((k, np.broadcast_to(np.zeros((), np.float32), tuple(v.shape)))
              for k, v in source.state_dict().items())
     seen = []
-    targets = core.target_shapes(abstract)
+    targets = abstract_build.param_shapes(abstract)
     core.convert_tensors(items, targets, convert.ROBERTA_RULES,
                          on_tensor=lambda path, value: seen.append(path))
     assert len(seen) == len(targets)

@@ -18,7 +18,8 @@ from diffusers.models.transformers.transformer_temporal import (
     TransformerTemporalModel as TorchTemporal)
 from flax import nnx
 
-from vdit_jax.convert import core
+from vdit_jax import abstract_build, pretrained
+from vdit_jax.convert import backbone, core
 from vdit_jax.convert.diffusers import UNET3D_RULES, unet3d_from_diffusers
 from vdit_jax.models import transformer_blocks, unet3d_layers
 from vdit_jax.models.unet3d import (MODELSCOPE_CONFIG, TAP_NAMES, UNet3DConditionModel,
@@ -109,12 +110,35 @@ def _torch_forward(model: TorchUNet3D, sample: np.ndarray, context: np.ndarray, 
   return out.numpy().transpose(0, 2, 3, 4, 1), tapped
 
 
-def _jitted(model: nnx.Module, sample, context, **call_kwargs):
-  """(sample, context) -> model(sample, TIMESTEP, context, return_taps=True), compiled once."""
+def _jitted(model: nnx.Module, sample, context, *, output: bool = True):
+  """(sample, context) -> (model(sample, TIMESTEP, context) or None, model.features(...)),
+  compiled once."""
+
+  def forward(st, x, ctx):
+    m = nnx.merge(graphdef, st)
+    return m(x, TIMESTEP, ctx) if output else None, m.features(x, TIMESTEP, ctx)
+
   graphdef, state = nnx.split(model)
-  fn = parity.compiled(lambda st, x, ctx: nnx.merge(graphdef, st)(
-      x, TIMESTEP, ctx, return_taps=True, **call_kwargs), state, sample, context)
-  return functools.partial(fn, state)
+  return functools.partial(parity.compiled(forward, state, sample, context), state)
+
+
+@pytest.fixture(scope="module")
+def three_levels_converted(tmp_path_factory):
+  """(torch model, a backbone directory holding its conversion by `convert backbone`)."""
+  torch_model = _torch_unet(CFG_THREE_LEVELS, seed=1)
+  root = tmp_path_factory.mktemp("three_levels")
+  torch_model.save_pretrained(root / "modelscope" / "unet")
+  out = root / "backbone"
+  backbone.convert_backbone({"modelscope": str(root / "modelscope")}, out, tokenizers={},
+                            towers_to_convert={"unet": backbone.backbone_towers()["unet"]})
+  return torch_model, out
+
+
+def _loaded(directory, **settings) -> UNet3DConditionModel:
+  """The UNet of a converted directory, built with the experiment-config settings."""
+  unet = dict(dtype="float32", param_dtype="float32", remat=False,
+              skip_temporal_if_single_frame=False, temporal_dropout=0.1)
+  return pretrained.load_backbone(directory, {"unet": dict(unet, **settings)})["unet"]
 
 
 def _assert_parity(out, taps, ref_out, ref_taps):
@@ -148,9 +172,10 @@ def four_levels():
 
 
 @pytest.fixture(scope="module")
-def three_levels():
-  torch_model = _torch_unet(CFG_THREE_LEVELS, seed=1)
-  model = unet3d_from_diffusers(torch_model)
+def three_levels(three_levels_converted):
+  """(torch model, the model loaded from its converted directory, compiled forward)."""
+  torch_model, directory = three_levels_converted
+  model = _loaded(directory)
   return torch_model, model, _jitted(model, *_inputs(*SHAPE_THREE_LEVELS, seed=0))
 
 
@@ -193,23 +218,26 @@ def test_parity_single_frame_runs_temporal_layers_like_diffusers(three_levels):
   _assert_parity(out, taps, ref_out, ref_taps)
 
 
-def test_skip_temporal_single_frame_matches_torch_with_identity_temporal_layers(three_levels):
-  torch_model, _, _ = three_levels
-  model = unet3d_from_diffusers(torch_model, skip_temporal_if_single_frame=True)
+def test_skip_temporal_single_frame_matches_torch_with_identity_temporal_layers(
+    three_levels_converted):
+  """Loaded with the config's skip_temporal_if_single_frame=True (VD-IT); with False, the
+  single-frame parity test above matches diffusers."""
+  torch_model, directory = three_levels_converted
+  model = _loaded(directory, skip_temporal_if_single_frame=True)
   sample, context = _inputs(*SHAPE_THREE_LEVELS, seed=4)
   _, ref_taps = _torch_forward(torch_model, sample, context, skip_temporal=True)
-  forward = _jitted(model, sample, context, stop_after_taps=True)
-  out, taps = forward(jnp.asarray(sample), jnp.asarray(context))
-  assert out is None
+  forward = _jitted(model, sample, context, output=False)
+  _, taps = forward(jnp.asarray(sample), jnp.asarray(context))
   _assert_parity(None, taps, None, ref_taps)
 
 
-def test_bf16_close_to_fp32(three_levels):
-  """bf16 parameters and compute vs fp32: max error <= BF16_TOLERANCE * max|fp32| on the
-  output and every tap (GroupNorm statistics and the attention softmax stay fp32)."""
-  torch_model, _, forward = three_levels
-  model16 = unet3d_from_diffusers(torch_model, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-  assert all(v.dtype == jnp.bfloat16 for _, v in nnx.to_flat_state(nnx.state(model16, nnx.Param)))
+def test_bf16_compute_with_fp32_parameters_close_to_fp32(three_levels, three_levels_converted):
+  """Loaded with dtype=bfloat16, param_dtype=float32: fp32 parameters, bf16 activations, and
+  max error <= BF16_TOLERANCE * max|fp32| on the output and every tap (GroupNorm statistics
+  and the attention softmax stay fp32)."""
+  _, _, forward = three_levels
+  model16 = _loaded(three_levels_converted[1], dtype="bfloat16")
+  assert all(v.dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(model16, nnx.Param)))
   sample, context = _inputs(*SHAPE_THREE_LEVELS, seed=3)
   ref_out, ref_taps = forward(jnp.asarray(sample), jnp.asarray(context))
   out, taps = _jitted(model16, sample, context)(jnp.asarray(sample), jnp.asarray(context))
@@ -221,10 +249,9 @@ def test_bf16_close_to_fp32(three_levels):
   assert max(errors.values()) <= BF16_TOLERANCE, f"relative bf16 errors {errors}"
 
 
-def test_temporal_dropout_active_only_in_training(three_levels):
+def test_temporal_dropout_active_only_in_training():
   """Train mode: a fresh draw per call, reproducible from the same RNG state, unlike eval
-  mode (torch's eval output); eval mode is deterministic."""
-  _, _, eval_forward = three_levels
+  mode; eval mode (dropout off) equals torch's eval output."""
   torch_model = _torch_unet(CFG_ONE_LEVEL, seed=2)
   model = unet3d_from_diffusers(torch_model)
   sample, context = _inputs(*SHAPE_ONE_LEVEL, seed=5)
@@ -246,16 +273,15 @@ def test_temporal_dropout_active_only_in_training(three_levels):
   assert np.abs(np.asarray(out1) - np.asarray(out2)).max() > 1e-3
   assert np.abs(np.asarray(out1) - eval_out).max() > 1e-3
   model.eval()
-  dropouts = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)]
-  assert dropouts and all(d.deterministic for d in dropouts)
-  three_level_args = [jnp.asarray(a) for a in _inputs(*SHAPE_THREE_LEVELS, seed=6)]
-  np.testing.assert_array_equal(np.asarray(eval_forward(*three_level_args)[0]),
-                                np.asarray(eval_forward(*three_level_args)[0]))
+  eval_graphdef, state = nnx.split(model)
+  eval_forward = parity.compiled(lambda st, x, ctx: nnx.merge(eval_graphdef, st)(
+      x, TIMESTEP, ctx), state, *args)
+  parity.assert_close(eval_forward(state, *args), eval_out, "eval-mode output")
 
 
 def test_config_round_trip_and_diffusers_validation():
-  config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG, remat=True)
-  assert config == UNet3DConfig(remat=True)
+  config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG)
+  assert config == UNet3DConfig()
   assert UNet3DConfig.from_dict(config.to_dict()) == config
   with pytest.raises(ValueError, match="act_fn"):
     UNet3DConfig.from_diffusers({**MODELSCOPE_CONFIG, "act_fn": "gelu"})
@@ -267,8 +293,8 @@ def test_modelscope_size_and_rules_cover_diffusers_state_dict():
   """The real config, abstractly: 1,480 tensors / 1,411,233,860 parameters, and the
   converter maps diffusers' (meta-device) state dict onto it exactly."""
   config = UNet3DConfig.from_diffusers(MODELSCOPE_CONFIG)
-  abstract = nnx.eval_shape(lambda: UNet3DConditionModel(config, rngs=core.host_rngs(0)))
-  targets = core.target_shapes(abstract)
+  abstract = nnx.eval_shape(lambda: UNet3DConditionModel(config, rngs=abstract_build.host_rngs(0)))
+  targets = abstract_build.param_shapes(abstract)
   assert len(targets) == 1480
   assert sum(int(np.prod(s.shape)) for s in targets.values()) == 1_411_233_860
   kwargs = {k: v for k, v in MODELSCOPE_CONFIG.items() if not k.startswith("_")}
@@ -333,7 +359,7 @@ def _randomized_into(torch_layer: torch.nn.Module, layer: nnx.Module):
   """Randomizes a diffusers layer and loads its weights into ours with the UNet's rules."""
   parity.randomized(torch_layer, 0.3)
   items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
-  core.load_params(layer, core.convert_tensors(items, core.target_shapes(layer), UNET3D_RULES))
+  core.load_params(layer, core.convert_tensors(items, abstract_build.param_shapes(layer), UNET3D_RULES))
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal", "temporal_conv"])
@@ -341,7 +367,7 @@ def test_layer_norm_epsilons_on_low_variance_inputs(kind):
   """Layer by layer against diffusers on inputs of std 1e-3 (variance 1e-6, the size of the
   GroupNorm epsilons, which the UNet-level tests cannot resolve): 1e-6 in the transformers,
   1e-5 in the temporal convs."""
-  channels, frames, rngs = 16, 3, core.host_rngs(0)
+  channels, frames, rngs = 16, 3, abstract_build.host_rngs(0)
   if kind == "spatial":
     torch_layer = Torch2D(2, 8, in_channels=channels, cross_attention_dim=12, norm_num_groups=4,
                           use_linear_projection=True)
@@ -385,7 +411,7 @@ def test_spatial_transformer_at_library_kernel_sizes_matches_torch():
                         norm_num_groups=32, use_linear_projection=True)
   layer = transformer_blocks.Transformer2DModel(channels, heads=1, head_dim=64, groups=32,
                                                 cross_attention_dim=context_dim,
-                                                rngs=core.host_rngs(0))
+                                                rngs=abstract_build.host_rngs(0))
   _randomized_into(torch_layer, layer)
   rng = np.random.default_rng(10)
   x = rng.standard_normal((frames, 32, 40, channels)).astype(np.float32)
@@ -413,7 +439,7 @@ def test_temporal_transformer_in_pixel_chunks_matches_torch(monkeypatch):
   monkeypatch.setattr(transformer_blocks, "_CPU_TOKEN_CHUNK", frames * 32 * 7)
   torch_layer = TorchTemporal(4, 8, in_channels=channels, norm_num_groups=4)
   layer = transformer_blocks.TransformerTemporalModel(channels, heads=4, head_dim=8, groups=4,
-                                                      rngs=core.host_rngs(0))
+                                                      rngs=abstract_build.host_rngs(0))
   _randomized_into(torch_layer, layer)
   x = np.random.default_rng(9).standard_normal((frames, 4, 5, channels)).astype(np.float32)
   with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKL
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.convert.diffusers import VAE_ENCODER_RULES, vae_encoder_from_diffusers
 from vdit_jax.models.vae import DiagonalGaussian, VAEEncoder, VAEEncoderConfig
@@ -92,8 +93,8 @@ def test_config_round_trip_and_diffusers_validation():
 def test_sd_vae_size_and_rules_cover_diffusers_state_dict():
   """The real config, abstractly: encoder + quant_conv as in diffusers, decoder ignored."""
   config = VAEEncoderConfig.from_diffusers(SD_VAE_CONFIG)
-  abstract = nnx.eval_shape(lambda: VAEEncoder(config, rngs=core.host_rngs(0)))
-  targets = core.target_shapes(abstract)
+  abstract = nnx.eval_shape(lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0)))
+  targets = abstract_build.param_shapes(abstract)
   kwargs = {k: v for k, v in SD_VAE_CONFIG.items() if not k.startswith("_")}
   with torch.device("meta"):
     torch_model = AutoencoderKL(**kwargs)
@@ -110,7 +111,7 @@ def test_sd_vae_size_and_rules_cover_diffusers_state_dict():
 def test_legacy_attention_names_convert():
   """Pre-0.14 checkpoints name the mid-block attention query/key/value/proj_attn."""
   config = VAEEncoderConfig.from_diffusers(dict(TINY_CONFIG))
-  targets = core.target_shapes(nnx.eval_shape(lambda: VAEEncoder(config, rngs=core.host_rngs(0))))
+  targets = abstract_build.param_shapes(nnx.eval_shape(lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0))))
   torch.manual_seed(0)
   state = AutoencoderKL(**TINY_CONFIG).state_dict()
   legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}

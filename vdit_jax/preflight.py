@@ -10,13 +10,7 @@ import os
 
 import ml_collections
 
-
-# The converted backbone's index file and the command that writes it (also quoted by
-# vdit_jax.pretrained; kept here because this module must not import JAX).
-BACKBONE_MANIFEST = "manifest.json"
-BACKBONE_COMMAND = ("python -m vdit_jax.convert backbone --modelscope text-to-video-ms-1.7b "
-                    "--clip-vision CLIP-ViT-H-14-laion2B-s32B-b79K --roberta roberta-base "
-                    "--out {out}")
+from vdit_jax import backbone_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +45,14 @@ def shards(config: ml_collections.ConfigDict, split: str) -> list[Requirement]:
 
 
 def backbone(config: ml_collections.ConfigDict) -> Requirement | None:
-  """The converted frozen towers; None for the tiny variant's random towers."""
-  weights_dir = config.model.backbone.weights_dir
+  """The converted frozen towers; None for random towers (`config.model.random_towers`)."""
+  weights_dir = config.model.weights_dir
   if not weights_dir:
     return None
   return Requirement(
       what="converted backbone weights",
-      path=os.path.join(weights_dir, BACKBONE_MANIFEST),
-      command=BACKBONE_COMMAND.format(out=weights_dir))
+      path=backbone_format.manifest_path(weights_dir),
+      command=backbone_format.CONVERT_COMMAND.format(out=weights_dir))
 
 
 def checkpoint(workdir: str, config_flag: str) -> Requirement:

@@ -1,16 +1,15 @@
 """The converted frozen backbone, loaded for the rest of the project.
 
-A converted directory is made once by
+A converted directory (layout in `vdit_jax.backbone_format`) is made once by
 
   python -m vdit_jax.convert backbone --modelscope DIR --clip-vision DIR --roberta DIR --out DIR
 
-(layout in vdit_jax.convert.backbone). `load_backbone` builds each tower abstractly (one
-jitted trace that only materialises the dropout RNG state) and has Orbax read the parameters
-straight into arrays with the requested shardings, so no random initialisation runs and no
-parameter is placed twice.
+`load_backbone` builds each tower abstractly from its stored architecture and the run-time
+settings of the experiment config (one jitted trace that only materialises the dropout RNG
+state) and has Orbax read the parameters straight into arrays with the requested dtype and
+shardings, so no random initialisation runs and no parameter is placed twice.
 """
 
-import json
 import os
 from typing import Any, Iterable, Mapping
 
@@ -18,40 +17,33 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from vdit_jax.convert import backbone, core, io
+from vdit_jax import abstract_build, backbone_format, tokenizers, towers
+from vdit_jax.backbone_format import ConvertedBackboneError
+
+# Tokenizer name -> loader of a saved tokenizer directory.
+TOKENIZER_LOADERS = {"clip": tokenizers.clip_tokenizer, "roberta": tokenizers.roberta_tokenizer}
 
 
-class ConvertedBackboneError(ValueError):
-  """The converted directory is missing, incomplete or does not match the models."""
+def params_checkpointer() -> ocp.Checkpointer:
+  """The synchronous Orbax checkpointer that writes and reads `<tower>/params`."""
+  gb = backbone_format.CHECKPOINT_CONCURRENT_GB
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+      save_concurrent_gb=gb, save_device_host_concurrent_gb=gb, restore_concurrent_gb=gb))
 
 
-def _error(directory: str, problem: str) -> ConvertedBackboneError:
-  command = backbone.COMMAND.format(out=directory)
-  return ConvertedBackboneError(f"{directory}: {problem}\nCreate it with:\n  {command}")
+def nest(flat: Mapping[abstract_build.Path, Any]) -> dict:
+  """{('a', 0, 'w'): x} -> {'a': {'0': {'w': x}}}: the tree stored in `<tower>/params`."""
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for part in path[:-1]:
+      node = node.setdefault(str(part), {})
+    node[str(path[-1])] = value
+  return tree
 
 
-def read_manifest(directory: str | os.PathLike) -> dict:
-  """The manifest.json of a converted backbone directory, checked for format and version."""
-  directory = os.fspath(directory)
-  path = os.path.join(directory, backbone.MANIFEST)
-  if not os.path.isfile(path):
-    what = "no converted backbone here" if os.path.isdir(directory) else "no such directory"
-    raise _error(directory, f"{what} ({backbone.MANIFEST} not found)")
-  try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as e:
-    raise _error(directory, f"{path} is not valid JSON ({e})") from e
-  if (manifest.get("format"), manifest.get("format_version")) != (backbone.FORMAT,
-                                                                  backbone.FORMAT_VERSION):
-    raise _error(directory, f"{path} is format {manifest.get('format')!r} version "
-                 f"{manifest.get('format_version')!r}, expected {backbone.FORMAT!r} version "
-                 f"{backbone.FORMAT_VERSION}")
-  return manifest
-
-
-def _param_shardings(abstract: nnx.Module, paths: Iterable[core.Path], shardings
-                     ) -> dict[core.Path, jax.sharding.Sharding]:
+def _param_shardings(abstract: nnx.Module, paths: Iterable[abstract_build.Path], shardings
+                     ) -> dict[abstract_build.Path, jax.sharding.Sharding]:
   """A concrete sharding for every parameter path (see `load_backbone`)."""
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -59,7 +51,7 @@ def _param_shardings(abstract: nnx.Module, paths: Iterable[core.Path], shardings
     return {path: shardings for path in paths}
   if isinstance(shardings, jax.sharding.Mesh):
     # Towers are built without eager sharding; their annotations become NamedShardings on
-    # the concrete mesh here (an eval_shape'd sharding would name an AbstractMesh, pitfall 6).
+    # the concrete mesh here (an eval_shape'd sharding would name an AbstractMesh).
     specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param))
     return {tuple(path): jax.sharding.NamedSharding(shardings, spec.get_value())
             for path, spec in nnx.to_flat_state(specs)}
@@ -80,28 +72,28 @@ def _check_stored(directory: str, name: str, stored: Mapping, targets: Mapping) 
     lines = [f"{'/'.join(p)}: {title}" for title, group in (
         ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
              for p in group]
-    raise _error(directory, f"the {name} parameters do not match the model its config.json "
-                 f"builds:\n  " + "\n  ".join(lines[:20]))
+    raise ConvertedBackboneError(directory, f"the {name} parameters do not match the model "
+                                 f"its config.json builds:\n  " + "\n  ".join(lines[:20]))
 
 
-def load_tower(directory: str, name: str, tower: backbone.Tower, dtype, shardings
-               ) -> nnx.Module:
-  """One converted tower, its parameters restored with the given dtype and shardings."""
+def load_tower(directory: str, name: str, spec: towers.TowerSpec, settings: Mapping[str, Any],
+               shardings) -> nnx.Module:
+  """One converted tower with the given run-time settings, dtype and shardings."""
   try:
-    config = tower.config_from_dict(io.read_config(os.path.join(directory, name)))
-  except (TypeError, ValueError) as e:  # io.WeightFileError included
-    raise _error(directory, f"unusable {name} config: {e}") from e
-  graphdef, params, rest = core.trace(lambda: backbone.build_tower(tower, config, dtype))
+    config = towers.architecture(name, spec, backbone_format.read_tower_config(directory, name))
+  except towers.TowerSettingsError as e:
+    raise ConvertedBackboneError(directory, f"unusable {name} config: {e}") from e
+  graphdef, params, rest = abstract_build.trace(
+      lambda: towers.build(name, spec, config, settings, rngs=abstract_build.host_rngs(0)))
   abstract = nnx.merge(graphdef, params, rest)
-  targets = core.target_shapes(abstract)
+  targets = abstract_build.param_shapes(abstract)
   placement = _param_shardings(abstract, targets, shardings)
-  target_tree = backbone.nest({
-      path: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=placement[path])
-      for path, t in targets.items()})
-  params_dir = os.path.join(directory, name, "params")
+  target_tree = nest({path: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=placement[path])
+                      for path, t in targets.items()})
+  params_dir = backbone_format.params_path(directory, name)
   if not os.path.isdir(params_dir):
-    raise _error(directory, f"{params_dir} is missing")
-  with backbone.params_checkpointer() as checkpointer:
+    raise ConvertedBackboneError(directory, f"{params_dir} is missing")
+  with params_checkpointer() as checkpointer:
     _check_stored(directory, name, checkpointer.metadata(params_dir).item_metadata.tree,
                   targets)
     restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
@@ -118,42 +110,45 @@ def load_tower(directory: str, name: str, tower: backbone.Tower, dtype, sharding
   return nnx.merge(graphdef, params, rest)
 
 
-def load_backbone(directory: str | os.PathLike, *, towers: Iterable[str] | None = None,
-                  dtype=None, shardings=None, registry: Mapping[str, backbone.Tower] | None = None
+def load_backbone(directory: str | os.PathLike, towers_settings: Mapping[str, Mapping[str, Any]],
+                  *, shardings=None, specs: Mapping[str, towers.TowerSpec] | None = None
                   ) -> dict[str, nnx.Module]:
-  """The converted towers as NNX modules.
+  """The converted towers as NNX modules, built with the experiment's run-time settings.
 
   Args:
     directory: made by `python -m vdit_jax.convert backbone`.
-    towers: names to load (unet, vae_encoder, clip_text, clip_vision, roberta); all by default.
-    dtype: parameter and compute dtype (e.g. jnp.bfloat16); the stored dtype by default.
-    shardings: where the parameters go. None: replicated on the first device. A
-      jax.sharding.Sharding: every parameter gets it. A Mesh: each parameter is sharded by
-      its nnx partition annotation (replicated where it has none).
-    registry: tower name -> backbone.Tower; `backbone.backbone_towers()` by default.
+    towers_settings: tower name -> run-time settings (`config.model.towers`): `dtype`,
+      `param_dtype` (parameters are cast to it on load) and the options the tower takes
+      (`remat`; the UNet's `skip_temporal_if_single_frame`, `temporal_dropout`). Only the
+      towers named here are loaded.
+    shardings: where the parameters go. None: the first device. A jax.sharding.Sharding:
+      every parameter gets it. A Mesh: each parameter is sharded by its nnx partition
+      annotation (replicated where it has none).
+    specs: tower name -> TowerSpec; `towers.tower_specs()` by default.
 
   Raises:
     ConvertedBackboneError: naming the directory and the command that creates it.
+    towers.TowerSettingsError: a setting a tower does not take.
   """
   directory = os.fspath(directory)
-  manifest = read_manifest(directory)
-  registry = backbone.backbone_towers() if registry is None else registry
-  names = list(manifest["towers"]) if towers is None else list(towers)
-  absent = [n for n in names if n not in manifest["towers"] or n not in registry]
+  manifest = backbone_format.read_manifest(directory)
+  specs = towers.tower_specs() if specs is None else specs
+  absent = [n for n in towers_settings if n not in manifest["towers"] or n not in specs]
   if absent:
-    raise _error(directory, f"no converted tower {', '.join(absent)} (it has "
-                 f"{', '.join(manifest['towers'])})")
-  dtype = jax.numpy.dtype(dtype or manifest["dtype"])
-  return {n: load_tower(directory, n, registry[n], dtype, shardings) for n in names}
+    raise ConvertedBackboneError(directory, f"no converted tower {', '.join(absent)} (it has "
+                                 f"{', '.join(manifest['towers'])})")
+  for name, settings in towers_settings.items():
+    towers.build_kwargs(name, specs[name], settings)  # Bad settings fail before any loading.
+  return {name: load_tower(directory, name, specs[name], settings, shardings)
+          for name, settings in towers_settings.items()}
 
 
-def load_tokenizers(directory: str | os.PathLike) -> dict[str, Any]:
+def load_tokenizers(directory: str | os.PathLike) -> dict[str, tokenizers.Tokenizer]:
   """{'clip': CLIP tokenizer, 'roberta': RoBERTa tokenizer} of a converted directory."""
   directory = os.fspath(directory)
-  manifest = read_manifest(directory)
-  loaders = {name: spec[2] for name, spec in backbone.TOKENIZERS.items()}
-  absent = [n for n in loaders if n not in manifest["tokenizers"]]
+  manifest = backbone_format.read_manifest(directory)
+  absent = [n for n in TOKENIZER_LOADERS if n not in manifest["tokenizers"]]
   if absent:
-    raise _error(directory, f"no converted tokenizer {', '.join(absent)}")
-  return {name: load(os.path.join(directory, "tokenizers", name))
-          for name, load in loaders.items()}
+    raise ConvertedBackboneError(directory, f"no converted tokenizer {', '.join(absent)}")
+  return {name: load(backbone_format.tokenizer_dir(directory, name))
+          for name, load in TOKENIZER_LOADERS.items()}

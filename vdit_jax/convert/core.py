@@ -13,27 +13,29 @@ Layout rules, applied by the kind of the target leaf:
   * After the transpose, a target whose shape differs only by size-1 axes is reshaped
     (e.g. a Conv3d (O, I, 3, 1, 1) into a temporal conv kernel (3, I, O)).
 
-Target modules are built by tracing only (`trace`, `build_with_weights`): the random
-initialisation of a 1.4 B-parameter UNet is never computed, only the converted weights are
-materialised.
+Target modules are built by tracing only (`vdit_jax.abstract_build.trace`,
+`build_with_weights`): the random initialisation of a 1.4 B-parameter UNet is never computed,
+only the converted weights are materialised.
 """
 
 import dataclasses
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Path = tuple[str | int, ...]
+from vdit_jax import abstract_build, errors
+
+Path = abstract_build.Path
 
 # Torch leaf name -> NNX leaf names it may land on, in order of preference.
 _LEAF_NAMES = {"weight": ("kernel", "scale", "embedding", "weight")}
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A source state dict does not match the target module exactly."""
 
   def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), duplicated=()):
@@ -82,10 +84,6 @@ def path_to_key(path: Path) -> str:
   return ".".join(str(part) for part in path)
 
 
-def target_shapes(module: nnx.Module) -> dict[Path, jax.ShapeDtypeStruct]:
-  """Every nnx.Param of a (possibly abstract, `nnx.eval_shape`-made) module, by path."""
-  flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-  return {tuple(path): jax.ShapeDtypeStruct(var.shape, var.dtype) for path, var in flat}
 
 
 def _to_target_layout(leaf: str, value: np.ndarray) -> np.ndarray:
@@ -117,7 +115,7 @@ def convert_tensors(
   Args:
     items: (torch key, numpy array) pairs; consumed one at a time, so a streaming reader
       keeps at most one source tensor alive besides the output.
-    targets: target path -> shape/dtype, from `target_shapes`.
+    targets: target path -> shape/dtype, from `abstract_build.param_shapes`.
     rules: the tower's rename table and ignore list.
     what: the name used in error messages.
     dtype: cast every converted array to this dtype (None keeps the target's dtype).
@@ -169,43 +167,14 @@ def load_params(module: nnx.Module, params: Mapping[Path, np.ndarray]) -> nnx.Mo
   return module
 
 
-def host_rngs(seed: int = 0) -> nnx.Rngs:
-  """nnx.Rngs with `params` and `dropout` streams whose counters are numpy scalars.
-
-  Each `rngs.params()` stores count + 1. Under tracing (nnx.eval_shape, jit) a jax-array
-  counter becomes a tracer, and flax's store then reads `tracer.sharding`, whose error
-  message walks the whole trace: building the UNet abstractly becomes quadratic (26 s for
-  a tiny config). A host counter stays concrete, so abstract builds stay linear.
-  """
-  rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-  for _, stream in nnx.iter_children(rngs):
-    stream.count.set_value(np.zeros(stream.count.shape, np.uint32))
-  return rngs
 
 
-def trace(make: Callable[[], nnx.Module]) -> tuple[Any, nnx.State, nnx.State]:
-  """(graphdef, Params as ShapeDtypeStructs, concrete non-Param state) of `make()`.
-
-  One jitted trace gives all three: the non-Param state (dropout RNG streams) is its only
-  output, so XLA drops the random parameter initialisers, and the rest is read off the
-  trace (nnx.eval_shape plus a second jit for the RNG state would trace twice).
-  """
-  traced = {}
-
-  def non_params():
-    graphdef, params, rest = nnx.split(make(), nnx.Param, ...)
-    traced["graphdef"] = graphdef
-    traced["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    return rest
-
-  rest = jax.jit(non_params)()
-  return traced["graphdef"], traced["params"], rest
 
 
 def build_with_weights(make: Callable[[], nnx.Module], items: Iterable[tuple[str, np.ndarray]],
                        rules: Rules, what: str) -> nnx.Module:
   """The module `make()` builds, with every nnx.Param taken from the converted `items`."""
-  graphdef, params, rest = trace(make)
+  graphdef, params, rest = abstract_build.trace(make)
   flat = nnx.to_flat_state(params)
   arrays = convert_tensors(items, {tuple(p): v.get_value() for p, v in flat}, rules, what=what)
   params = [(path, var.replace(jnp.asarray(arrays.pop(tuple(path))))) for path, var in flat]

@@ -8,6 +8,7 @@ UNet parameters is never computed, only the converted weights are materialised.
 
 import jax.numpy as jnp
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core, io
 from vdit_jax.models.unet3d import UNet3DConditionModel, UNet3DConfig
 from vdit_jax.models.vae import VAEEncoder, VAEEncoderConfig
@@ -39,15 +40,16 @@ VAE_ENCODER_RULES = core.Rules(
 
 
 def unet3d_from_diffusers(src, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
-                          **config_overrides) -> UNet3DConditionModel:
+                          **settings) -> UNet3DConditionModel:
   """A diffusers UNet3DConditionModel (module or directory) as the NNX model, eval mode.
 
-  config_overrides: the port's switches (remat, skip_temporal_if_single_frame, ...).
+  settings: the model's run-time keyword arguments (remat, skip_temporal_if_single_frame,
+    temporal_dropout).
   """
   config_dict, items, name = io.read_model(src)
-  config = UNet3DConfig.from_diffusers(config_dict, **config_overrides)
-  make = lambda: UNet3DConditionModel(config, rngs=core.host_rngs(seed), dtype=dtype,
-                                      param_dtype=param_dtype)
+  config = UNet3DConfig.from_diffusers(config_dict)
+  make = lambda: UNet3DConditionModel(config, rngs=abstract_build.host_rngs(seed), dtype=dtype,
+                                      param_dtype=param_dtype, **settings)
   return core.build_with_weights(make, items, UNET3D_RULES, f"UNet3DConditionModel ({name})")
 
 
@@ -56,5 +58,5 @@ def vae_encoder_from_diffusers(src, *, dtype=jnp.float32, param_dtype=jnp.float3
   """The encoder + quant_conv of a diffusers AutoencoderKL (module or directory)."""
   config_dict, items, name = io.read_model(src)
   config = VAEEncoderConfig.from_diffusers(config_dict, **config_overrides)
-  make = lambda: VAEEncoder(config, rngs=core.host_rngs(0), dtype=dtype, param_dtype=param_dtype)
+  make = lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0), dtype=dtype, param_dtype=param_dtype)
   return core.build_with_weights(make, items, VAE_ENCODER_RULES, f"AutoencoderKL encoder ({name})")

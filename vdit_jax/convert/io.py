@@ -31,6 +31,8 @@ from typing import Any, Iterator
 import ml_dtypes
 import numpy as np
 
+from vdit_jax import errors
+
 # Safetensors dtype tag -> numpy dtype (the format is little-endian throughout).
 _SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -53,7 +55,7 @@ _SHARD_NAME = re.compile(r".*-\d+-of-\d+\.(safetensors|bin)$")
 Tensors = Iterator[tuple[str, np.ndarray]]
 
 
-class WeightFileError(ValueError):
+class WeightFileError(errors.UserError, ValueError):
   """A weights file or directory is missing, ambiguous, truncated or corrupt."""
 
 

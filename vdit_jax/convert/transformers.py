@@ -13,6 +13,7 @@ skipped; `roberta.*` of a masked-LM checkpoint whose LM head is skipped).
 
 import jax.numpy as jnp
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core, io
 from vdit_jax.models import clip, roberta
 
@@ -38,7 +39,7 @@ def clip_text_from_transformers(src, *, dtype=jnp.float32, param_dtype=jnp.float
   config_dict, items, name = io.read_model(src)
   config = clip.CLIPTextConfig.from_transformers(config_dict)
   make = lambda: clip.CLIPTextTransformer(config, dtype=dtype, param_dtype=param_dtype,
-                                          remat=remat, rngs=core.host_rngs(0))
+                                          remat=remat, rngs=abstract_build.host_rngs(0))
   return core.build_with_weights(make, items, CLIP_TEXT_RULES, f"CLIP text ({name})")
 
 
@@ -48,7 +49,7 @@ def clip_vision_from_transformers(src, *, dtype=jnp.float32, param_dtype=jnp.flo
   config_dict, items, name = io.read_model(src)
   config = clip.CLIPVisionConfig.from_transformers(config_dict)
   make = lambda: clip.CLIPVisionModelWithProjection(
-      config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=core.host_rngs(0))
+      config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=abstract_build.host_rngs(0))
   return core.build_with_weights(make, items, CLIP_VISION_RULES, f"CLIP vision ({name})")
 
 
@@ -65,5 +66,5 @@ def roberta_from_transformers(src, *, add_pooling_layer: bool = True, dtype=jnp.
   config = roberta.RobertaConfig.from_transformers(config_dict)
   make = lambda: roberta.RobertaModel(config, add_pooling_layer=add_pooling_layer,
                                       dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                      rngs=core.host_rngs(0))
+                                      rngs=abstract_build.host_rngs(0))
   return core.build_with_weights(make, items, ROBERTA_RULES, f"RoBERTa ({name})")

@@ -1,11 +1,11 @@
-"""The ModelScope text-to-video UNet (diffusers UNet3DConditionModel) in Flax NNX, channels-last,
-returning VD-IT's six intermediate feature maps.
+"""The ModelScope text-to-video UNet (diffusers UNet3DConditionModel) in Flax NNX, channels-last.
 
-Sample layout is (B, F, H, W, C). The model reproduces diffusers exactly, including the
-up-path resize to each skip's size when the latent is not a multiple of 2**num_upsamplers
-(for multiples, "resize to the skip's size" is the same as "x2"). Two VD-IT behaviours are
-switches: per-frame context (pass context as (B, F, L, D)) and skipping every temporal
-layer for single-frame inputs (`skip_temporal_if_single_frame`).
+Sample layout is (B, F, H, W, C). `__call__` is the noise prediction and reproduces diffusers
+exactly, including the up-path resize to each skip's size when the latent is not a multiple of
+2**num_upsamplers (for multiples, "resize to the skip's size" is the same as "x2").
+`features` returns VD-IT's six intermediate feature maps and runs only the blocks they need.
+Two VD-IT behaviours are switches: per-frame context (pass context as (B, F, L, D)) and
+skipping every temporal layer for single-frame inputs (`skip_temporal_if_single_frame`).
 """
 
 import dataclasses
@@ -45,11 +45,10 @@ _UP_TYPES = {"CrossAttnUpBlock3D": True, "UpBlock3D": False}
 
 @dataclasses.dataclass(frozen=True)
 class UNet3DConfig(DiffusersConfig):
-  """Architecture (diffusers field names) plus the port's switches.
+  """The architecture, in diffusers' field names.
 
   attention_head_dim is the head *dimension* (diffusers' naming quirk): heads = C / it.
-  transformer_in_heads is hard-wired to 8 in diffusers. remat wraps every block in
-  jax.checkpoint; skip_temporal_if_single_frame reproduces VD-IT (diffusers runs them).
+  transformer_in_heads is hard-wired to 8 in diffusers.
   """
   in_channels: int = 4
   out_channels: int = 4
@@ -64,9 +63,6 @@ class UNet3DConfig(DiffusersConfig):
   cross_attention_dim: int = 1024
   attention_head_dim: int = 64
   transformer_in_heads: int = 8
-  temporal_dropout: float = 0.1
-  remat: bool = False
-  skip_temporal_if_single_frame: bool = False
   # diffusers config.json keys that do not change the network, and keys that must keep the
   # one value this implementation reproduces exactly.
   diffusers_ignored = frozenset({"_class_name", "_diffusers_version", "_name_or_path",
@@ -142,18 +138,28 @@ def _call_block(block: nnx.Module, remat: bool, *args, **static):
 
 
 class UNet3DConditionModel(nnx.Module):
-  """diffusers UNet3DConditionModel; __call__ returns (eps prediction, VD-IT taps)."""
+  """diffusers UNet3DConditionModel: `__call__` predicts the noise, `features` gives the taps.
 
-  def __init__(self, config: UNet3DConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32):
+  Run-time settings (not part of the architecture, so not stored with converted weights):
+    remat: recompute every block in the backward pass (nnx.remat).
+    skip_temporal_if_single_frame: skip transformer_in, the temporal convs and the temporal
+      attentions when F == 1, as VD-IT does (`mymodels/unet_3d_blocks.py`); diffusers runs them.
+    temporal_dropout: the Dropout rate inside the temporal convs (diffusers' 0.1), active in
+      train mode only.
+  """
+
+  def __init__(self, config: UNet3DConfig, *, remat: bool = False,
+               skip_temporal_if_single_frame: bool = False, temporal_dropout: float = 0.1,
+               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
     self.config, self.dtype = config, dtype
+    self.remat, self.skip_temporal_if_single_frame = remat, skip_temporal_if_single_frame
     dt = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     chans, head_dim = config.block_out_channels, config.attention_head_dim
     temb = 4 * chans[0]
     spec = BlockSpec(
         temb_channels=temb, groups=config.norm_num_groups, eps=config.norm_eps,
         head_dim=head_dim, cross_attention_dim=config.cross_attention_dim,
-        temporal_dropout=config.temporal_dropout)
+        temporal_dropout=temporal_dropout)
     self.conv_in = conv2d(config.in_channels, chans[0], 3, **dt)
     self.time_embedding = TimestepEmbedding(chans[0], temb, **dt)
     self.transformer_in = TransformerTemporalModel(
@@ -179,27 +185,44 @@ class UNet3DConditionModel(nnx.Module):
                                    dtype=dtype, param_dtype=param_dtype)
     self.conv_out = conv2d(chans[0], config.out_channels, 3, **dt)
 
-  def __call__(self, sample: jax.Array, timesteps: jax.Array | float, context: jax.Array, *,
-               return_taps: bool = False, stop_after_taps: bool = False):
-    """Runs the UNet on a batch of clips.
+  def __call__(self, sample: jax.Array, timesteps: jax.Array | float, context: jax.Array
+               ) -> jax.Array:
+    """The noise prediction.
 
     Args:
       sample: (B, F, H, W, in_channels) latents.
       timesteps: a scalar or (B,).
       context: (B, L, D), shared by all frames of a clip (diffusers), or (B, F, L, D), one
         per frame (VD-IT).
-      return_taps: also return the taps dict.
-      stop_after_taps: stop after up_blocks[2] (the last tap) and return (None, taps).
 
     Returns:
-      (B, F, H, W, out_channels) noise prediction, or (prediction, taps) with taps a dict
-      name -> (B, F, h, w, c) for the names in TAP_NAMES.
+      (B, F, H, W, out_channels).
     """
+    x, _ = self._run(sample, timesteps, context, num_up_blocks=len(self.up_blocks))
+    out = self.conv_out(nnx.silu(self.conv_norm_out(x)))
+    return out.reshape(sample.shape[:2] + out.shape[1:])
+
+  def features(self, sample: jax.Array, timesteps: jax.Array | float, context: jax.Array
+               ) -> dict[str, jax.Array]:
+    """VD-IT's six taps (`mymodels/unet_3d_condition_it.py:420-502` in VD-IT's
+    Text-To-Video-Finetuning): name -> (B, F, h, w, c) for the names in TAP_NAMES.
+
+    Runs only the blocks the taps need: up_blocks after the last tapped one, conv_norm_out
+    and conv_out are skipped (their outputs are unused in VD-IT). Arguments as `__call__`.
+    """
+    if len(self.up_blocks) <= max(TAP_UP_BLOCKS):
+      raise ValueError(f"the taps need at least {max(TAP_UP_BLOCKS) + 1} up blocks, this "
+                       f"UNet has {len(self.up_blocks)}")
+    _, taps = self._run(sample, timesteps, context, num_up_blocks=max(TAP_UP_BLOCKS) + 1)
+    return {k: v.reshape(sample.shape[:1] + (-1,) + v.shape[1:]) for k, v in taps.items()}
+
+  def _run(self, sample: jax.Array, timesteps: jax.Array | float, context: jax.Array, *,
+           num_up_blocks: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Up to and including up_blocks[num_up_blocks - 1]: (B*F, h, w, c) output and the taps
+    reached, frames folded into the batch."""
     cfg = self.config
-    if stop_after_taps and len(self.up_blocks) <= max(TAP_UP_BLOCKS):
-      raise ValueError(f"stop_after_taps needs at least {max(TAP_UP_BLOCKS) + 1} up blocks")
     b, f, h, w, _ = sample.shape
-    temporal = not (cfg.skip_temporal_if_single_frame and f == 1)
+    temporal = not (self.skip_temporal_if_single_frame and f == 1)
     steps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
     emb = self.time_embedding(timestep_features(steps, cfg.block_out_channels[0])
                               .astype(self.dtype))
@@ -209,29 +232,21 @@ class UNet3DConditionModel(nnx.Module):
 
     x = self.conv_in(sample.reshape((b * f, h, w, sample.shape[-1])).astype(self.dtype))
     if temporal:
-      x = _call_block(self.transformer_in, cfg.remat, x, num_frames=f)
+      x = _call_block(self.transformer_in, self.remat, x, num_frames=f)
     taps = {"transformer_in": x}
     skips = [x]
     for i, block in enumerate(self.down_blocks):
-      x, block_skips = _call_block(block, cfg.remat, x, emb, context, **static)
+      x, block_skips = _call_block(block, self.remat, x, emb, context, **static)
       skips += block_skips
       if i in TAP_DOWN_BLOCKS:
         taps[f"down{i}"] = x
-    x = _call_block(self.mid_block, cfg.remat, x, emb, context, **static)
-    for i, block in enumerate(self.up_blocks):
+    x = _call_block(self.mid_block, self.remat, x, emb, context, **static)
+    for i, block in enumerate(self.up_blocks[:num_up_blocks]):
       n = len(block.resnets)
       block_skips, skips = skips[-n:], skips[:-n]
       size = tuple(skips[-1].shape[1:3]) if skips else None
-      x = _call_block(block, cfg.remat, x, block_skips, emb, context, upsample_size=size,
+      x = _call_block(block, self.remat, x, block_skips, emb, context, upsample_size=size,
                       **static)
       if i in TAP_UP_BLOCKS:
         taps[f"up{i}"] = x
-      if stop_after_taps and i == max(TAP_UP_BLOCKS):
-        return None, self._unfold(taps, b)
-    out = self.conv_out(nnx.silu(self.conv_norm_out(x)))
-    out = out.reshape((b, f) + out.shape[1:])
-    return (out, self._unfold(taps, b)) if return_taps else out
-
-  @staticmethod
-  def _unfold(taps: dict[str, jax.Array], b: int) -> dict[str, jax.Array]:
-    return {k: v.reshape((b, -1) + v.shape[1:]) for k, v in taps.items()}
+    return x, taps

@@ -1,0 +1,121 @@
+"""The frozen towers VD-IT runs, and how each is built from an architecture and run-time settings.
+
+A tower's architecture (widths, depths, heads, vocabulary) travels with its converted weights
+(`vdit_jax.backbone_format`); its run-time settings come from the experiment config,
+`config.model.towers.<name>`: `dtype` and `param_dtype` for every tower, plus the keyword
+arguments its module takes (`remat`; the UNet's `skip_temporal_if_single_frame` and
+`temporal_dropout`). A setting a tower does not take is an error naming both, so a typo in
+`--config.model.towers.unet.rmat=True` fails instead of being ignored.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax.numpy as jnp
+from flax import nnx
+
+from vdit_jax import abstract_build, errors
+from vdit_jax.models import clip, roberta, unet3d, vae
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class TowerSettingsError(errors.UserError, ValueError):
+  """A tower's run-time settings name an option it does not take, or a bad dtype."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerSpec:
+  """How one tower is built.
+
+  config_class: the architecture dataclass (`from_dict` / `to_dict`).
+  build: build(config, *, dtype, param_dtype, rngs, **options) -> the NNX module.
+  options: the run-time keyword arguments of `build` besides the dtypes.
+  """
+  config_class: Any
+  build: Callable[..., nnx.Module]
+  options: tuple[str, ...] = ()
+
+
+def _roberta_without_pooler(config: roberta.RobertaConfig, **kwargs) -> roberta.RobertaModel:
+  # VD-IT computes RoBERTa's pooler output but never uses it (and roberta-base ships none).
+  return roberta.RobertaModel(config, add_pooling_layer=False, **kwargs)
+
+
+def tower_specs() -> dict[str, TowerSpec]:
+  """The five towers, by the names of `backbone_format.TOWERS`."""
+  return {
+      "vae_encoder": TowerSpec(vae.VAEEncoderConfig, vae.VAEEncoder),
+      "clip_text": TowerSpec(clip.CLIPTextConfig, clip.CLIPTextTransformer, ("remat",)),
+      "clip_vision": TowerSpec(clip.CLIPVisionConfig, clip.CLIPVisionModelWithProjection,
+                               ("remat",)),
+      "roberta": TowerSpec(roberta.RobertaConfig, _roberta_without_pooler, ("remat",)),
+      "unet": TowerSpec(unet3d.UNet3DConfig, unet3d.UNet3DConditionModel,
+                        ("remat", "skip_temporal_if_single_frame", "temporal_dropout")),
+  }
+
+
+def _dtype(name: str, key: str, value) -> jnp.dtype:
+  if str(value) not in _DTYPES:
+    raise TowerSettingsError(f"tower {name!r}: {key}={value!r} is not one of {_DTYPES}")
+  return jnp.dtype(str(value))
+
+
+def build_kwargs(name: str, spec: TowerSpec, settings: Mapping[str, Any]) -> dict[str, Any]:
+  """The keyword arguments of `spec.build` from a tower's settings, checked.
+
+  Raises:
+    TowerSettingsError: naming the tower and the unknown or missing key.
+  """
+  known = ("dtype", "param_dtype") + spec.options
+  unknown = sorted(set(settings) - set(known))
+  if unknown:
+    raise TowerSettingsError(f"tower {name!r} has no setting {', '.join(map(repr, unknown))} "
+                             f"(its settings: {', '.join(known)})")
+  absent = [key for key in ("dtype", "param_dtype") if key not in settings]
+  if absent:
+    raise TowerSettingsError(f"tower {name!r}: settings lack {', '.join(absent)}")
+  kwargs = dict(settings)
+  for key in ("dtype", "param_dtype"):
+    kwargs[key] = _dtype(name, key, settings[key])
+  return kwargs
+
+
+def build(name: str, spec: TowerSpec, config, settings: Mapping[str, Any], *,
+          rngs: nnx.Rngs) -> nnx.Module:
+  """The tower's module. Partition annotations stay metadata (no eager sharding): placement is
+  decided where parameters are loaded or initialised."""
+  with nnx.use_eager_sharding(False):
+    return spec.build(config, rngs=rngs, **build_kwargs(name, spec, settings))
+
+
+def architecture(name: str, spec: TowerSpec, fields: Mapping[str, Any]):
+  """The architecture dataclass of a tower from a dict (stored config.json or the config)."""
+  try:
+    return spec.config_class.from_dict(dict(fields))
+  except (TypeError, ValueError) as e:
+    raise TowerSettingsError(f"tower {name!r}: bad architecture: {e}") from e
+
+
+def random_towers(architectures: Mapping[str, Mapping[str, Any]],
+                  settings: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
+                  specs: Mapping[str, TowerSpec] | None = None) -> dict[str, nnx.Module]:
+  """Randomly initialised towers (tests, the tiny demo): name -> module.
+
+  Args:
+    architectures: tower name -> architecture fields (`config.model.random_towers`).
+    settings: tower name -> run-time settings (`config.model.towers`); every tower in
+      `architectures` needs an entry.
+    seed: the parameter seed; tower i uses seed + i.
+    specs: name -> TowerSpec; `tower_specs()` by default.
+  """
+  specs = tower_specs() if specs is None else specs
+  unknown = sorted(set(architectures) - set(specs))
+  if unknown:
+    raise TowerSettingsError(f"no tower named {', '.join(unknown)} (towers: {', '.join(specs)})")
+  unset = sorted(set(architectures) - set(settings))
+  if unset:
+    raise TowerSettingsError(f"no run-time settings for tower {', '.join(unset)}")
+  return {name: build(name, specs[name], architecture(name, specs[name], fields),
+                      settings[name], rngs=abstract_build.host_rngs(seed + i))
+          for i, (name, fields) in enumerate(architectures.items())}
