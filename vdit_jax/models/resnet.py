@@ -4,14 +4,12 @@ Attribute names follow the diffusers state dict (norm1, conv1, time_emb_proj, ..
 weights convert with no renames.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vdit_jax.models.group_norm import GroupNorm
+from vdit_jax.models.resize import resize_nearest
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs,
@@ -64,25 +62,6 @@ class Downsample2D(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C) (for padding 1)."""
     return self.conv(x)
-
-
-@functools.lru_cache(maxsize=None)
-def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-  """Source rows of torch's 'nearest' resize: floor(i * in/out), the scale in float32."""
-  scale = np.float32(in_size) / np.float32(out_size)
-  idx = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int32)
-  return np.minimum(idx, in_size - 1)
-
-
-def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """(N, H, W, C) -> (N, *size, C), index-exact with torch F.interpolate(mode='nearest')."""
-  for axis, out_size in zip((1, 2), size):
-    in_size = x.shape[axis]
-    if out_size == 2 * in_size:
-      x = jnp.repeat(x, 2, axis=axis)
-    elif out_size != in_size:
-      x = jnp.take(x, _nearest_indices(in_size, out_size), axis=axis)
-  return x
 
 
 class Upsample2D(nnx.Module):
