@@ -16,13 +16,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("davis", raw_dir="data/ref-davis")
   config.data.davis_dir = "data/DAVIS"
-  config.eval = ml_collections.ConfigDict(dict(
-      split="valid",
-      preprocessing=common.eval_preprocessing(window=36, size_divisor=16),
-      num_annotators=4,
-      background_score=0.1,
-      output="davis_predictions",
-  ))
+  config.eval = common.evaluation("valid", "davis_predictions", window=36, size_divisor=16,
+                                  num_annotators=4, background_score=0.1)
   if args.tiny:
     config = common.shrink_to_tiny(config)
     config.data.davis_dir = "data/synthetic/davis/DAVIS"

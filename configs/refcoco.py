@@ -19,14 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base("refcoco", raw_dir="data/coco")
   common.add_training(config, lr=5e-5, epochs=12, lr_drops=(8, 10), shuffle_window=4096)
   config.data.subsets = ("refcoco", "refcoco+", "refcocog")
-  config.data.pseudo_video = ml_collections.ConfigDict(dict(
-      perspective=0.08, rotate_degrees=20.0, translate=0.1, brightness=40, hue_saturation=5,
-      motion_blur_prob=0.25, motion_blur_kernels=(9, 11), shuffle_frames=True))
-  config.eval = ml_collections.ConfigDict(dict(
-      split="val",
-      preprocessing=common.eval_preprocessing(window=1, size_divisor=32),
-      output="refcoco_predictions",
-  ))
+  config.eval = common.evaluation("val", "refcoco_predictions", window=1, size_divisor=32)
   if args.tiny:
     config = common.shrink_to_tiny(config)
     config.data.subsets = ("refcoco",)

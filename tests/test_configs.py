@@ -19,7 +19,7 @@ def test_config_loads(name, arg):
   config = _get(name, arg)
   assert config.data.dataset == name
   assert config.model.head.num_feature_levels == 4
-  assert config.eval.preprocessing.mask_threshold == 0.5
+  assert config.eval.mask_threshold == 0.5
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -34,10 +34,11 @@ def test_ytvos_is_the_papers_recipe():
   """vdit-original.md §3.1 (head), §4 (losses), §5.2-5.3 (optimisation, sampling), §7."""
   c = _get("ytvos")
   assert c.seed == 42
+  clip_sampling = c.data.sampling
+  assert clip_sampling.num_frames == 5
+  assert clip_sampling.local_window == 3
+  assert clip_sampling.reverse_prob == 0.3
   aug = c.data.augmentation
-  assert aug.num_frames == 5
-  assert aug.local_window == 3 and aug.num_global_frames == 2
-  assert aug.reverse_prob == 0.3
   assert tuple(aug.scales) == (288, 320, 352, 392, 416, 448, 480, 512)
   assert aug.max_size == 640
   assert tuple(aug.crop_resize_scales) == (400, 500, 600)
