@@ -29,6 +29,7 @@ from PIL import Image
 import psutil
 
 from configs import ytvos as ytvos_config
+from data_pipelines import decoding
 from data_pipelines import pipeline
 from data_pipelines import raw
 from data_pipelines import raw_io
@@ -85,19 +86,21 @@ def _write(root: str, videos: list[raw.VideoRecord]) -> None:
 
 
 def _stages(videos: list[raw.VideoRecord], clips: int) -> float:
-  """Times an approximation of pipeline._TrainClip's training path, stage by stage; returns
-  clips made per CPU second."""
+  """Times an approximation of train_clips.TrainClip's path, stage by stage; returns clips
+  made per CPU second."""
   rng = np.random.default_rng(0)
-  samples = [s for v in videos for s in sampling.expand(v, 5)]
-  cfg = pipeline.DataConfig.for_train(_config("unused", 0))
+  data = _config("unused", 0).data
+  clip_sampling = sampling.ClipSampling(**data.sampling)
+  augmentation = transforms.Augmentation(**data.augmentation)
+  samples = [s for v in videos for s in clip_sampling.samples(v)]
   totals = dict.fromkeys(("decode masks", "decode frames", "augment", "pad (batch)"), 0.0)
   cropped_empty = 0
   for i in range(clips):
     sample = samples[i % len(samples)]
     t0 = time.process_time()
-    geometry = transforms.random_geometry(rng, HEIGHT, WIDTH, cfg.augmentation)
-    indices = sampling.clip_indices(rng, sample.anchor, 5, len(sample.record.frame_names))
-    masks, _ = pipeline.load_masks(sample, indices, "bench")
+    geometry = transforms.random_geometry(rng, HEIGHT, WIDTH, augmentation)
+    indices = clip_sampling.indices(rng, sample)
+    masks, _ = decoding.load_masks(sample, indices, "bench")
     boxes, valid = transforms.mask_boxes(masks)
     t1 = time.process_time()
     if not transforms.visible_in(boxes, valid, geometry.region).any():
@@ -105,13 +108,13 @@ def _stages(videos: list[raw.VideoRecord], clips: int) -> float:
       totals["decode masks"] += t1 - t0
       continue
     draft = transforms.draft_size(geometry, HEIGHT, WIDTH)
-    frames = pipeline.load_frames(sample.record, indices, "bench", draft)
+    frames = decoding.load_frames(sample.record, indices, "bench", draft)
     clip = transforms.Clip(frames, masks, boxes, valid,
-                           pipeline.clean_caption(sample.expression.text))
+                           decoding.clean_caption(sample.expression.text))
     t2 = time.process_time()
-    clip = transforms.augment(clip, rng, geometry, cfg.augmentation)
+    clip = transforms.augment(clip, rng, geometry, augmentation)
     t3 = time.process_time()
-    bucket = transforms.choose_bucket([clip.size], cfg.buckets)
+    bucket = transforms.choose_bucket([clip.size], data.buckets)
     transforms.pad_batch([clip.frames], bucket, (1, 2))
     transforms.pad_batch([clip.masks], bucket, (1, 2))
     t4 = time.process_time()
@@ -175,10 +178,11 @@ def main() -> None:
   flags.FLAGS.mark_as_parsed()
   rng = np.random.default_rng(0)
   videos = [_video(f"v{i}", args.frames, rng) for i in range(args.videos)]
-  aug = _config("unused", 0).data.augmentation
+  data = _config("unused", 0).data
   print(f"{args.videos} videos x {args.frames} frames of {WIDTH}x{HEIGHT} JPEG "
         f"({np.mean([len(f) for v in videos for f in v.frames]) / 1024:.0f} KiB per frame), "
-        f"T={aug.num_frames} clips, scales {tuple(aug.scales)}, max size {aug.max_size}; "
+        f"T={data.sampling.num_frames} clips, scales {tuple(data.augmentation.scales)}, max "
+        f"size {data.augmentation.max_size}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
   stage_rates = []
   for r in range(args.repeat):

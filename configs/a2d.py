@@ -5,7 +5,7 @@ r"""A2D-Sentences: fine-tuning from RefCOCO pretraining, then mAP / overall IoU 
   python -m vdit_jax.main --config=configs/a2d.py --workdir=workdirs/a2d --mode=eval
 
 The head runs on the annotated frame of each 5-frame clip; class_embed is re-initialised
-when starting from RefCOCO weights (§5.1).
+when starting from RefCOCO weights (VD-IT tools/load_pretrained_weights.py).
 """
 
 import ml_collections

@@ -1,10 +1,11 @@
 """Pieces shared by every experiment config, and the `get_config(arg)` argument parser.
 
-Numbers cite vdit-original.md (the original VD-IT code, `opts.py` defaults plus the flags its
-scripts pass: --with_box_refine --binary --freeze_text_encoder).
+Numbers follow the original VD-IT code (github.com/buxiangzhiren/VD-IT): `opts.py` defaults
+plus the flags its scripts pass (--with_box_refine --binary --freeze_text_encoder).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # ImageNet statistics the data pipeline normalises with; the backbone undoes them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,7 +141,8 @@ def head() -> ml_collections.ConfigDict:
 
 
 def loss() -> ml_collections.ConfigDict:
-  """Matching costs and loss weights (§4); the same weights for all 4 decoder layers."""
+  """Matching costs and loss weights (VD-IT opts.py --set_cost_*, *_loss_coef; weight_dict in
+  models/diffvos_cross.py); the same weights for all 4 decoder layers."""
   return ml_collections.ConfigDict(dict(
       matcher=dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, cost_mask=2.0, cost_dice=5.0),
       weights=dict(ce=2.0, bbox=5.0, giou=2.0, mask=2.0, dice=5.0, mask_low=2.0, dice_low=5.0),
@@ -154,27 +156,45 @@ def add_training(config: ml_collections.ConfigDict, *, lr: float, epochs: int,
   """The training fields shared by every trained config: data sampling, AdamW, schedule."""
   config.data.split = "train"
   config.data.batch_size = 2  # The original: 2 GPUs x 1 clip.
-  config.data.shuffle_window = shuffle_window
+  config.data.shuffle_window = shuffle_window  # Samples per shuffle window.
+  config.data.num_epochs = config_dict.placeholder(int)  # None: repeat forever.
+  # Retries, at another anchor of the same expression, of a clip without a valid frame.
+  config.data.max_resample = 10
+  config.data.sampling = clip_sampling()
   config.data.augmentation = train_augmentation()
+  config.data.pseudo_video = pseudo_video()
+  # The static (H, W) shapes a batch is padded to (the smallest that holds all its clips):
+  # landscape and portrait (max(scales), max_size) and the square one a batch of both needs,
+  # multiples of 32 as the original's collate pads (VD-IT util/misc.py:302).
+  config.data.buckets = ((512, 640), (640, 512), (640, 640))
   config.optimizer = optimizer(lr)
   config.schedule = schedule(epochs, lr_drops)
   config.loss = loss()
   config.init_from = ""  # An Orbax checkpoint to start from (e.g. RefCOCO pretraining).
 
 
-def sentence_eval(output: str) -> ml_collections.ConfigDict:
-  """A2D / JHMDB-Sentences evaluation: 5-frame clips around the annotated frame; mAP
-  scores all queries, overall / mean IoU and P@K the top-scoring one."""
+def evaluation(split: str, output: str, *, window: int, size_divisor: int,
+               **extra) -> ml_collections.ConfigDict:
+  """The evaluation fields every config has; `extra` adds the dataset's own."""
   return ml_collections.ConfigDict(dict(
-      split="test",
-      preprocessing=eval_preprocessing(window=5, size_divisor=32),
-      iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9),
+      split=split,
+      preprocessing=eval_preprocessing(window=window, size_divisor=size_divisor),
+      # Mask probabilities above it are foreground (VD-IT inference_ytvos.py:232).
+      mask_threshold=0.5,
       output=output,
+      **extra,
   ))
 
 
+def sentence_eval(output: str) -> ml_collections.ConfigDict:
+  """A2D / JHMDB-Sentences evaluation: 5-frame clips around the annotated frame; mAP
+  scores all queries, overall / mean IoU and P@K the top-scoring one."""
+  return evaluation("test", output, window=5, size_divisor=32,
+                    iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9))
+
+
 def optimizer(lr: float) -> ml_collections.ConfigDict:
-  """AdamW over every trainable parameter, norms and biases included (§5.2)."""
+  """AdamW over every trainable parameter, norms and biases included (VD-IT main.py:76-105)."""
   return ml_collections.ConfigDict(dict(
       lr=lr,
       weight_decay=5e-4,
@@ -190,13 +210,21 @@ def schedule(epochs: int, lr_drops: tuple[int, ...]) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(dict(epochs=epochs, lr_drops=lr_drops, drop_factor=0.1))
 
 
-def train_augmentation() -> ml_collections.ConfigDict:
-  """Clip sampling and augmentation ranges of the original (§5.3)."""
+def clip_sampling() -> ml_collections.ConfigDict:
+  """The original's clip of T frames around an anchor (data_pipelines.sampling.ClipSampling):
+  the anchor, one frame U{1..local_window} before and one after it, T - 3 global frames
+  (VD-IT datasets/ytvos.py:111-140)."""
   return ml_collections.ConfigDict(dict(
       num_frames=5,
       local_window=3,
-      num_global_frames=2,
       reverse_prob=0.3,
+  ))
+
+
+def train_augmentation() -> ml_collections.ConfigDict:
+  """The original's training resize / crop / flip ranges (data_pipelines.transforms.
+  Augmentation; VD-IT datasets/ytvos.py:201 make_coco_transforms)."""
+  return ml_collections.ConfigDict(dict(
       scales=(288, 320, 352, 392, 416, 448, 480, 512),
       max_size=640,
       crop_resize_scales=(400, 500, 600),
@@ -207,14 +235,46 @@ def train_augmentation() -> ml_collections.ConfigDict:
   ))
 
 
+def pseudo_video() -> ml_collections.ConfigDict:
+  """How a single image (RefCOCO) becomes a clip (data_pipelines.transforms.PseudoVideo):
+  the original's ImageToSeqAugmenter arguments (VD-IT datasets/refexp2seq.py)."""
+  return ml_collections.ConfigDict(dict(
+      perspective=0.08,
+      rotate_degrees=20.0,
+      translate=0.1,
+      brightness=40,
+      hue_saturation=5,
+      motion_blur_prob=0.25,
+      motion_blur_kernels=(9, 11),
+      shuffle_frames=True,
+  ))
+
+
 def eval_preprocessing(window: int, size_divisor: int) -> ml_collections.ConfigDict:
-  """Inference resize (§5.3, §7): shorter side 360, frames in windows of `window`."""
+  """Inference resize (data_pipelines.eval_windows.Preprocessing): shorter side 360 (VD-IT
+  inference_ytvos.py:44), longer at most 640, padding to a multiple of `size_divisor`, frames
+  in windows of `window` (0: the whole video in one window)."""
   return ml_collections.ConfigDict(dict(
       short_side=360,
       max_size=640,
       size_divisor=size_divisor,
       window=window,
-      mask_threshold=0.5,
+  ))
+
+
+def text_inputs() -> ml_collections.ConfigDict:
+  """Token lengths of the captions (vdit_jax.tokenizers.CaptionTokenizer), fixed so that the
+  text towers compile once.
+
+  CLIP: ModelScope's tokenizer length, 77, as the original pads (VD-IT
+  Text-To-Video-Finetuning/train_itcross_pn.py:254). RoBERTa: the original pads to the
+  longest caption of the batch (VD-IT models/text_encoder/tokenizer.py:146); referring
+  expressions run to about 20 words (~25 tokens), so 48 leaves room for the long tail, and
+  the tokenizer counts and logs the captions it truncates.
+  """
+  return ml_collections.ConfigDict(dict(
+      clip_max_length=77,
+      roberta_max_length=48,
   ))
 
 
@@ -227,11 +287,21 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
       dataset=dataset,
       raw_dir=raw_dir,
       shards_dir=f"data/shards/{dataset}",
-      format="tfrecord",
+      # RefCOCO: the sub-datasets, each read from <shards_dir>/<subset>/<split>.
+      subsets=(),
+      format="tfrecord",  # Or "array_record" (random access).
+      # True: skip, count and log corrupt records, frames and masks instead of failing.
       skip_bad_records=False,
+      # grain worker processes (0: decode in the calling process), and the batches each
+      # prefetches.
       worker_count=4,
+      worker_buffer_size=2,
+      # TFRecord: shards read at once, interleaved; ArrayRecord: records read ahead, by as
+      # many threads.
+      cycle_length=4,
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
+      text=text_inputs(),
   ))
   config.model = model()
   config.log_every_steps = 50
@@ -257,6 +327,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   if "augmentation" in config.data:
     config.data.augmentation.update(scales=(64, 72), max_size=96, crop_resize_scales=(80,),
                                     crop_min_size=64, crop_max_size=80)
+    config.data.buckets = ((96, 96),)
   if "schedule" in config:
     config.schedule.update(epochs=2, lr_drops=(1,))
   window = config.eval.preprocessing.window

@@ -3,7 +3,7 @@ r"""Ref-DAVIS17: evaluation of the Ref-YouTube-VOS model (no DAVIS training, as 
   python -m vdit_jax.main --config=configs/davis.py --workdir=workdirs/ytvos --mode=eval
 
 Clips of at most 36 frames, each of the 4 annotators' expressions per object, probabilities
-below 0.5 zeroed, a constant 0.1 background and an argmax into one id map per frame (§7);
+below 0.5 zeroed, a constant 0.1 background and an argmax into one id map per frame (VD-IT inference_davis.py);
 J&F is averaged over the 4 annotator runs (the original leaves that to the user).
 """
 
@@ -16,13 +16,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("davis", raw_dir="data/ref-davis")
   config.data.davis_dir = "data/DAVIS"
-  config.eval = ml_collections.ConfigDict(dict(
-      split="valid",
-      preprocessing=common.eval_preprocessing(window=36, size_divisor=16),
-      num_annotators=4,
-      background_score=0.1,
-      output="davis_predictions",
-  ))
+  config.eval = common.evaluation("valid", "davis_predictions", window=36, size_divisor=16,
+                                  num_annotators=4, background_score=0.1)
   if args.tiny:
     config = common.shrink_to_tiny(config)
     config.data.davis_dir = "data/synthetic/davis/DAVIS"

@@ -3,7 +3,7 @@ r"""RefCOCO / RefCOCO+ / RefCOCOg pretraining on 5-frame pseudo-videos, and RIS 
   python -m vdit_jax.main --config=configs/refcoco.py --workdir=workdirs/refcoco
   python -m vdit_jax.main --config=configs/refcoco.py --workdir=workdirs/refcoco --mode=eval
 
-VD-IT shipped no pretraining script (vdit-original.md §5.1, §10.2). The data path is its
+VD-IT shipped no pretraining script. The data path is its
 `joint_coco` option (all three sets, each image turned into a 5-frame pseudo-video); the
 schedule and the 1e-4 x 2/4 learning rate follow ReferFormer's RefCOCO recipe scaled the way
 VD-IT scales its own. Treat these as our choice, not the paper's.
@@ -19,14 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base("refcoco", raw_dir="data/coco")
   common.add_training(config, lr=5e-5, epochs=12, lr_drops=(8, 10), shuffle_window=4096)
   config.data.subsets = ("refcoco", "refcoco+", "refcocog")
-  config.data.pseudo_video = ml_collections.ConfigDict(dict(
-      perspective=0.08, rotate_degrees=20.0, translate=0.1, brightness=40, hue_saturation=5,
-      motion_blur_prob=0.25, motion_blur_kernels=(9, 11), shuffle_frames=True))
-  config.eval = ml_collections.ConfigDict(dict(
-      split="val",
-      preprocessing=common.eval_preprocessing(window=1, size_divisor=32),
-      output="refcoco_predictions",
-  ))
+  config.eval = common.evaluation("val", "refcoco_predictions", window=1, size_divisor=32)
   if args.tiny:
     config = common.shrink_to_tiny(config)
     config.data.subsets = ("refcoco",)

@@ -1,13 +1,18 @@
-"""Training samples of a video and the original's sparse clip sampling (vdit-original.md §5.3).
+"""Training samples of a video and the original's sparse clip sampling (VD-IT
+datasets/ytvos.py:111-140).
 
 A `VideoRecord` expands into one `Sample` per (expression, anchor frame); a sample becomes a
-clip of `num_frames` frame indices around its anchor:
+clip of `num_frames` frame indices around its anchor (`ClipSampling`, whose fields are
+config.data.sampling):
 
-- the anchor, one frame U{1..3} before it and one U{1..3} after it (clamped to the video);
+- the anchor, one frame U{1..local_window} before it and one U{1..local_window} after it
+  (clamped to the video);
 - `num_frames - 3` "global" frames drawn without replacement from outside that window
   [before, after] (from the whole video when too few frames lie outside; with replacement
-  when the video is shorter than that);
-- the indices sorted, and in training reversed with probability `reverse_p` (0.3).
+  when the video is shorter than that): the original's count, `num_frames` minus the three
+  frames already drawn;
+- the indices sorted, and reversed with probability `reverse_prob`, except for expressions
+  anchored on one annotated frame (A2D / JHMDB), whose clips keep their order.
 
 The original (SgMg/VD-IT `datasets/ytvos.py`) draws the globals from `frames[:lo] +
 frames[hi:]`, which lets the window's last frame come twice; here "outside the window" is
@@ -31,10 +36,7 @@ import dataclasses
 import numpy as np
 
 from data_pipelines import raw
-
-# The local window around the anchor: one frame at -U{1..3}, one at +U{1..3}.
-MAX_LOCAL_OFFSET = 3
-REVERSE_P = 0.3
+from vdit_jax import errors
 
 
 class SampleError(ValueError):
@@ -58,6 +60,15 @@ class Sample:
   @property
   def expression(self) -> raw.Expression:
     return self.record.expressions[self.exp_index]
+
+  @property
+  def anchored(self) -> bool:
+    return anchored(self.record, self.expression)
+
+
+def anchored(record: raw.VideoRecord, expression: raw.Expression) -> bool:
+  """Whether the expression names its own anchor frame (A2D / JHMDB: meta "frame/<exp_id>")."""
+  return raw.anchor_key(expression.exp_id) in record.meta
 
 
 def annotated_indices(record: raw.VideoRecord) -> tuple[int, ...]:
@@ -90,8 +101,7 @@ def expand(record: raw.VideoRecord, stride: int) -> list[Sample]:
 
 
 def clip_indices(rng: np.random.Generator, anchor: int, num_frames: int, video_length: int,
-                 reverse_p: float = REVERSE_P, local_window: int = MAX_LOCAL_OFFSET
-                 ) -> np.ndarray:
+                 reverse_p: float, local_window: int) -> np.ndarray:
   """Samples the frame indices of one clip.
 
   Args:
@@ -135,3 +145,37 @@ def resample(rng: np.random.Generator, sample: Sample) -> Sample:
   cannot reach)."""
   anchor = int(sample.candidates[rng.integers(len(sample.candidates))])
   return dataclasses.replace(sample, anchor=anchor)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+  """How a training sample becomes frame indices (module docstring); config.data.sampling.
+
+  num_frames: T, the clip length: 1 or >= 3; also the stride of the anchors (`expand`).
+  local_window: the two local frames lie U{1..local_window} before / after the anchor.
+  reverse_prob: the probability of reversing a clip's order (never for anchored ones).
+  """
+  num_frames: int
+  local_window: int
+  reverse_prob: float
+
+  def __post_init__(self):
+    problem = None
+    if self.num_frames < 1 or self.num_frames == 2:
+      problem = (f"num_frames {self.num_frames}: a clip has 1 frame or at least 3 (anchor, "
+                 f"one before, one after)")
+    elif self.local_window < 1:
+      problem = f"local_window {self.local_window} must be >= 1"
+    elif not 0 <= self.reverse_prob <= 1:
+      problem = f"reverse_prob {self.reverse_prob} is not a probability"
+    if problem:
+      raise errors.ConfigError(f"config.data.sampling.{problem}")
+
+  def samples(self, record: raw.VideoRecord) -> list[Sample]:
+    """The video's training samples, anchors every num_frames-th annotated frame."""
+    return expand(record, self.num_frames)
+
+  def indices(self, rng: np.random.Generator, sample: Sample) -> np.ndarray:
+    """(T,) frame indices of one clip of `sample` (clip_indices)."""
+    return clip_indices(rng, sample.anchor, self.num_frames, len(sample.record.frame_names),
+                        0.0 if sample.anchored else self.reverse_prob, self.local_window)

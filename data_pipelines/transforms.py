@@ -1,13 +1,14 @@
-"""Clip augmentation and padding on numpy arrays (vdit-original.md §5.1, §5.3).
+"""Clip augmentation and padding on numpy arrays (VD-IT datasets/transforms_video.py).
 
 A `Clip` holds T frames of one video with the referred object's masks and boxes. Boxes are
 xyxy in pixel-edge coordinates: a mask covering columns c0..c1 has x0 = c0, x1 = c1 + 1, so
 that a horizontal flip maps a box exactly as it maps its mask (the original uses the last
 pixel index as x1, off by one).
 
-Training (Ref-YTVOS / A2D / RefCOCO, the original's `make_coco_transforms`), `augment`:
-- `random_geometry`: RandomSelect(p=.5) of RandomResize(TRAIN_SCALES, max_size=640), or
-  RandomResize([400, 500, 600]) -> RandomSizeCrop(384, 600) -> RandomResize(TRAIN_SCALES, 640),
+Training (Ref-YTVOS / A2D / RefCOCO, the original's `make_coco_transforms`, VD-IT
+datasets/ytvos.py:201), `augment`, with the ranges of `Augmentation` (config.data.augmentation):
+- `random_geometry`: RandomSelect(p=.5) of RandomResize(scales, max_size=640), or
+  RandomResize([400, 500, 600]) -> RandomSizeCrop(384, 600) -> RandomResize(scales, 640),
   drawn before decoding (so JPEGs can be decoded at a reduced DCT scale, `draft_size`) and
   applied in one PIL resample of a source region (`resample`), then `check` marks frames
   whose box or mask vanished as invalid. As in the original, a cropped box is the box
@@ -22,12 +23,13 @@ normalisation runs on the device (vdit_jax/models/normalize.py). The original's 
 flip/photometric after the resize for Ref-YTVOS and before it for A2D and RefCOCO; here it is
 always after (cheaper); both commute with resizing up to interpolation.
 
-RefCOCO pseudo-videos (`pseudo_video`, the original's imgaug `ImageToSeqAugmenter`):
-frame 0 is the image, each other frame a re-augmentation of it (brightness / hue+saturation,
-perspective 0.08, rotation ±20°, translation ±10%, motion blur p .25), then the order is
-shuffled.
+RefCOCO pseudo-videos (`pseudo_video`, the original's imgaug `ImageToSeqAugmenter`, with the
+ranges of `PseudoVideo`, config.data.pseudo_video): frame 0 is the image, each other frame a
+re-augmentation of it (brightness / hue+saturation, perspective 0.08, rotation ±20°,
+translation ±10%, motion blur p .25), then the order is shuffled.
 
-Evaluation: `eval_resize` (shorter side 360, longer at most 640), `pad_batch`.
+Evaluation: `eval_resize` (config.eval.preprocessing: shorter side 360, longer at most 640),
+`pad_batch`.
 
 Every random choice is drawn from the `np.random.Generator` passed in.
 """
@@ -38,13 +40,6 @@ import re
 
 import numpy as np
 from PIL import Image
-
-TRAIN_SCALES = (288, 320, 352, 392, 416, 448, 480, 512)
-TRAIN_MAX_SIZE = 640
-CROP_RESIZE_SCALES = (400, 500, 600)
-CROP_SIZE_RANGE = (384, 600)
-EVAL_SIZE = 360
-EVAL_MAX_SIZE = 640
 
 _CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
@@ -193,18 +188,23 @@ class Geometry:
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-  """The training augmentation's ranges; the defaults are the original's (§5.3)."""
-  scales: tuple[int, ...] = TRAIN_SCALES
-  max_size: int = TRAIN_MAX_SIZE
-  crop_resize_scales: tuple[int, ...] = CROP_RESIZE_SCALES
-  crop_min_size: int = CROP_SIZE_RANGE[0]
-  crop_max_size: int = CROP_SIZE_RANGE[1]
-  select_prob: float = 0.5
-  flip_prob: float = 0.5
+  """The training augmentation's ranges: config.data.augmentation (configs/common.py).
+
+  scales: shorter sides a clip is resized to; max_size: the longer side's limit;
+  crop_resize_scales, crop_min_size, crop_max_size: the resize-then-crop branch;
+  select_prob: probability of the plain resize branch; flip_prob: of the mirror.
+  """
+  scales: tuple[int, ...]
+  max_size: int
+  crop_resize_scales: tuple[int, ...]
+  crop_min_size: int
+  crop_max_size: int
+  select_prob: float
+  flip_prob: float
 
 
 def random_geometry(rng: np.random.Generator, height: int, width: int,
-                    aug: Augmentation = Augmentation()) -> Geometry:
+                    aug: Augmentation) -> Geometry:
   """The original's RandomSelect for a `height` x `width` frame: with probability
   select_prob RandomResize(scales, max_size), else RandomResize(crop_resize_scales) ->
   RandomSizeCrop(crop_min_size, crop_max_size) -> RandomResize(scales, max_size), the crop
@@ -302,7 +302,7 @@ def random_photometric(clip: Clip, rng: np.random.Generator) -> Clip:
 
 
 def augment(clip: Clip, rng: np.random.Generator, geometry: Geometry,
-            aug: Augmentation = Augmentation()) -> Clip:
+            aug: Augmentation) -> Clip:
   """The training augmentation after `random_geometry`: resample, mirrored with probability
   flip_prob (drawn first), + check -> photometric per frame."""
   mirror = bool(rng.random() < aug.flip_prob)
@@ -310,8 +310,8 @@ def augment(clip: Clip, rng: np.random.Generator, geometry: Geometry,
   return random_photometric(clip, rng)
 
 
-def eval_resize(frames: np.ndarray | list[Image.Image], size: int = EVAL_SIZE,
-                max_size: int = EVAL_MAX_SIZE) -> np.ndarray:
+def eval_resize(frames: np.ndarray | list[Image.Image], size: int, max_size: int
+                ) -> np.ndarray:
   """Resizes (T, H, W, 3) uint8 frames (or T RGB PIL images) to shorter side `size`, longer
   <= max_size (bilinear): (T, h, w, 3) uint8."""
   h, w = resized_shape(*_frame_size(frames), size, max_size)
@@ -370,16 +370,16 @@ def padding_mask(size: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PseudoVideo:
-  """RefCOCO pseudo-video ranges: the original's ImageToSeqAugmenter arguments
-  (refexp2seq.py)."""
-  perspective: float = 0.08
-  rotate_degrees: float = 20.0
-  translate: float = 0.1
-  brightness: int = 40
-  hue_saturation: int = 5
-  motion_blur_prob: float = 0.25
-  motion_blur_kernels: tuple[int, ...] = (9, 11)
-  shuffle_frames: bool = True
+  """RefCOCO pseudo-video ranges: config.data.pseudo_video (configs/common.py), the
+  original's ImageToSeqAugmenter arguments (VD-IT datasets/refexp2seq.py:32)."""
+  perspective: float
+  rotate_degrees: float
+  translate: float
+  brightness: int
+  hue_saturation: int
+  motion_blur_prob: float
+  motion_blur_kernels: tuple[int, ...]
+  shuffle_frames: bool
 
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -455,7 +455,7 @@ def warp_projective(image: np.ndarray, matrix: np.ndarray, resample: int) -> np.
 
 
 def pseudo_video(image: np.ndarray, mask: np.ndarray, caption: str, rng: np.random.Generator,
-                 num_frames: int, params: PseudoVideo = PseudoVideo()) -> Clip:
+                 num_frames: int, params: PseudoVideo) -> Clip:
   """Turns one image (H, W, 3) uint8 and its object mask (H, W) bool into a Clip of
   `num_frames` frames: the image and num_frames - 1 re-augmentations of it, shuffled."""
   frames, masks = [image], [mask]

@@ -6,7 +6,8 @@ the conftest, which pytest loads before any test module.
 
 import os
 
-# A hung collective (see the fake-device deadlock in ecosystem.md) fails in 10 s, not 40 s.
+# A hung collective (a fake-device program waiting for a peer that never comes) fails in
+# 10 s, not 40 s.
 _XLA_FLAGS = "--xla_cpu_collective_call_terminate_timeout_seconds=10"
 if _XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _XLA_FLAGS).strip()

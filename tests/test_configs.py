@@ -21,7 +21,7 @@ def test_config_loads(name, arg):
   config = _get(name, arg)
   assert config.data.dataset == name
   assert config.model.head.num_feature_levels == 4
-  assert config.eval.preprocessing.mask_threshold == 0.5
+  assert config.eval.mask_threshold == 0.5
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -47,11 +47,12 @@ def test_ytvos_is_the_papers_recipe():
   models/diffvos_cross.py (loss weights)."""
   c = _get("ytvos")
   assert c.seed == 42  # opts.py --seed
-  aug = c.data.augmentation
-  assert aug.num_frames == 5  # opts.py --num_frames
-  # datasets/ytvos.py:100-120: anchor +- U{1..3} plus 2 global frames, 30% reversal.
-  assert aug.local_window == 3 and aug.reverse_prob == 0.3
-  # datasets/ytvos.py:201-236 (make_coco_transforms).
+  clip_sampling = c.data.sampling
+  assert clip_sampling.num_frames == 5  # opts.py --num_frames
+  # datasets/ytvos.py:100-124: anchor +- U{1..3} plus num_frames - 3 global frames, 30%
+  # reversal.
+  assert clip_sampling.local_window == 3 and clip_sampling.reverse_prob == 0.3
+  aug = c.data.augmentation  # datasets/ytvos.py:201-236 (make_coco_transforms).
   assert tuple(aug.scales) == (288, 320, 352, 392, 416, 448, 480, 512)
   assert aug.max_size == 640
   assert tuple(aug.crop_resize_scales) == (400, 500, 600)
@@ -72,13 +73,10 @@ def test_ytvos_is_the_papers_recipe():
   assert (pre.short_side, pre.size_divisor, pre.window) == (360, 16, 0)
 
 
-def test_a2d_and_davis_recipes():
-  a2d = _get("a2d")
-  assert a2d.optimizer.lr == 2.5e-5  # 1e-4 x 2 GPUs / 8 with pretrained weights.
-  assert a2d.schedule.epochs == 6 and tuple(a2d.schedule.lr_drops) == (3, 5)
-  davis = _get("davis")
-  assert davis.eval.preprocessing.window == 36
-  assert davis.eval.num_annotators == 4 and davis.eval.background_score == 0.1
+def test_davis_windows_are_the_originals():
+  # inference_davis.py: clips of at most crop_len=36 frames, padded to /16.
+  pre = _get("davis").eval.preprocessing
+  assert (pre.window, pre.size_divisor) == (36, 16)
 
 
 def test_parse_arg_types_and_typos():

@@ -1,7 +1,9 @@
-"""Tests of data_pipelines.pipeline on tiny shards of hand-made videos."""
+"""Tests of the grain pipelines (data_pipelines.pipeline and the stages it composes) on tiny
+shards of hand-made videos."""
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import json
 import os
@@ -9,19 +11,29 @@ import os
 import numpy as np
 from PIL import Image
 import pytest
+import transformers
 
 from configs import davis as davis_config
 from configs import refcoco as refcoco_config
 from configs import ytvos as ytvos_config
+from data_pipelines import bad_input
+from data_pipelines import batching
 from data_pipelines import build
+from data_pipelines import eval_windows
 from data_pipelines import pipeline
 from data_pipelines import raw
 from data_pipelines import raw_io
 from data_pipelines import records
+from data_pipelines import sampling
 from data_pipelines import shards
+from data_pipelines import sources
 from data_pipelines import synthetic
 from data_pipelines import transforms
+from vdit_jax import errors
+from vdit_jax import tokenizers
 from vdit_jax.models import normalize
+
+import tiny_tokenizers
 
 H, W, NUM_FRAMES = 48, 64, 8
 BUCKETS = ((72, 96), (96, 72), (96, 96))
@@ -297,7 +309,7 @@ def test_bucket_batch_pads_mixed_orientations():
   def example(h, w):
     return {"frames": np.full((2, h, w, 3), 5, np.uint8), "masks": np.ones((2, h, w), bool),
             "size": np.array([h, w], np.int32), "caption": "x"}
-  batch = pipeline._BucketBatch(BUCKETS)([example(72, 90), example(96, 70)])
+  batch = batching.BucketBatch(BUCKETS)([example(72, 90), example(96, 70)])
   assert batch["frames"].shape == (2, 2, 96, 96, 3) and batch["frames"].dtype == np.uint8
   assert batch["masks"].shape == (2, 2, 96, 96)
   rows, cols = np.mgrid[:96, :96]
@@ -309,7 +321,7 @@ def test_bucket_batch_pads_mixed_orientations():
   assert list(batch["caption"]) == ["x", "x"]
   np.testing.assert_array_equal(batch["size"], [[72, 90], [96, 70]])
   # Clips that fit a landscape bucket together get it, not the square one.
-  batch = pipeline._BucketBatch(BUCKETS)([example(72, 90), example(60, 96)])
+  batch = batching.BucketBatch(BUCKETS)([example(72, 90), example(60, 96)])
   assert batch["frames"].shape == (2, 2, 72, 96, 3)
 
 
@@ -334,12 +346,12 @@ def test_bad_frame_or_mask(tmp_path, feature, message):
       list(it)
   assert "shard-00000-of-00001.tfrecord" in str(error.value)
   config.data.skip_bad_records = True
-  before = pipeline.skipped_counts().get("clips", 0)
+  before = bad_input.skipped_counts().get("clips", 0)
   with _iterator(pipeline.make_train_iter, config, 0, 1) as it:
     videos = [str(b["video_id"][0]) for b in it]
   assert sorted(set(videos)) == ["ok1", "ok2"] and len(videos) == 8
   # The bad video has 2 expressions, one anchor each: two clips skipped.
-  assert pipeline.skipped_counts()["clips"] - before == 2
+  assert bad_input.skipped_counts()["clips"] - before == 2
 
 
 def test_bad_record_skipped(tmp_path):
@@ -349,10 +361,10 @@ def test_bad_record_skipped(tmp_path):
     with pytest.raises(records.RecordError, match="shard-00000-of-00001.tfrecord record 1"):
       list(it)
   config.data.skip_bad_records = True
-  before = pipeline.skipped_counts().get("records", 0)
+  before = bad_input.skipped_counts().get("records", 0)
   with _iterator(pipeline.make_train_iter, config, 0, 1) as it:
     assert len(list(it)) == 8
-  assert pipeline.skipped_counts()["records"] - before == 1
+  assert bad_input.skipped_counts()["records"] - before == 1
 
 
 def test_truncated_shard(tmp_path):
@@ -365,19 +377,19 @@ def test_truncated_shard(tmp_path):
     with pytest.raises(shards.ShardError, match="shard-00000-of-00001.tfrecord record 1"):
       list(it)
   config.data.skip_bad_records = True
-  before = pipeline.skipped_counts().get("shards", 0)
+  before = bad_input.skipped_counts().get("shards", 0)
   with _iterator(pipeline.make_train_iter, config, 0, 1) as it:
     assert {str(b["video_id"][0]) for b in it} == {"ok1"}
-  assert pipeline.skipped_counts()["shards"] - before == 1
+  assert bad_input.skipped_counts()["shards"] - before == 1
 
 
 def test_tfrecord_shard_restores_mid_shard(dataset_dirs):
   path = shards.list_shards(dataset_dirs["tfrecord"], "train")[0]
-  it = iter(pipeline._TFRecordShard(path, skip_bad=False))
+  it = iter(sources.TFRecordShard(path, skip_bad=False))
   first = next(it)
   state = json.loads(json.dumps(it.get_state()))
   rest = list(it)
-  restored = iter(pipeline._TFRecordShard(path, skip_bad=False))
+  restored = iter(sources.TFRecordShard(path, skip_bad=False))
   restored.set_state(state)
   assert rest and list(restored) == rest
   assert first not in rest
@@ -429,3 +441,62 @@ def test_synthetic_raw_to_built_shards_to_batches(tmp_path):
     np.testing.assert_array_equal(window["frames"][0, t, :h, :w], reference)
     np.testing.assert_allclose(normalised[0, t, :h, :w], (reference / 255 - mean) / std,
                                rtol=0, atol=1e-6)
+
+
+def test_caption_tokens_in_train_batches_and_eval_windows(dataset_dirs, tmp_path):
+  """Both pipelines add the CaptionTokenizer's fixed-length tokens of each (flipped) caption,
+  equal to transformers' tokenizers on that caption; evaluation in a worker process, to
+  which the tokenizer is pickled."""
+  clip_dir = tiny_tokenizers.clip_dir(tmp_path / "clip", **tiny_tokenizers.MODELSCOPE_FILES)
+  roberta_dir = tiny_tokenizers.roberta_dir(tmp_path / "roberta")
+  config = _config(dataset_dirs["tfrecord"], window=4)
+  tokenize = tokenizers.CaptionTokenizer(tokenizers.clip_tokenizer(clip_dir),
+                                         tokenizers.roberta_tokenizer(roberta_dir),
+                                         **config.data.text)
+  references = {
+      "clip": transformers.CLIPTokenizer.from_pretrained(clip_dir, local_files_only=True),
+      "roberta": transformers.RobertaTokenizerFast.from_pretrained(roberta_dir,
+                                                                   local_files_only=True)}
+  lengths = {"clip": config.data.text.clip_max_length,
+             "roberta": config.data.text.roberta_max_length}
+
+  def check(batch, rows):
+    for name, reference in references.items():
+      want = reference(list(batch["caption"]), padding="max_length", max_length=lengths[name],
+                       truncation=True, return_tensors="np")
+      assert batch[f"{name}_ids"].shape == (rows, lengths[name])
+      np.testing.assert_array_equal(batch[f"{name}_ids"], want["input_ids"])
+      np.testing.assert_array_equal(batch[f"{name}_mask"], want["attention_mask"])
+
+  with _iterator(pipeline.make_train_iter, config, 0, 1, tokenize=tokenize) as it:
+    for batch in _take(it, 4):
+      check(batch, config.data.batch_size)
+  config.data.worker_count = 1
+  with _iterator(pipeline.make_eval_iter, config, tokenize=tokenize) as it:
+    for window in _take(it, 3):
+      check(window, 1)
+
+
+@pytest.mark.parametrize("name", ["ytvos", "davis", "a2d", "jhmdb", "refcoco"])
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_config_sub_dicts_are_the_stages_arguments(name, arg):
+  """Each data sub-dict of every config is exactly the keyword arguments of its stage, and
+  the buckets hold every batch the augmentation can make."""
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  eval_windows.Preprocessing(**config.eval.preprocessing)
+  assert set(config.data.text) == {"clip_max_length", "roberta_max_length"}
+  if "augmentation" in config.data:
+    clip_sampling = sampling.ClipSampling(**config.data.sampling)
+    augmentation = transforms.Augmentation(**config.data.augmentation)
+    transforms.PseudoVideo(**config.data.pseudo_video)
+    batching.check_buckets(config.data.buckets, augmentation, config.data.batch_size)
+    assert clip_sampling.num_frames == 5
+
+
+def test_buckets_too_small_for_the_augmentation_are_refused(dataset_dirs):
+  config = _config(dataset_dirs["tfrecord"], buckets=((72, 96), (96, 72)))
+  with pytest.raises(errors.ConfigError, match=r"config.data.buckets .* none holds 96x96"):
+    pipeline.make_train_iter(config, 0, 1)
+  config.data.batch_size = 1  # One clip a batch never mixes orientations.
+  with _iterator(pipeline.make_train_iter, config, 0, 1) as it:
+    assert next(it)["frames"].shape[2:4] in ((72, 96), (96, 72))

@@ -5,6 +5,15 @@ import pytest
 
 from data_pipelines import raw
 from data_pipelines import sampling
+from vdit_jax import errors
+
+# The original's reversal probability and local window (VD-IT datasets/ytvos.py:115-139).
+REVERSE, LOCAL = 0.3, 3
+
+
+def _indices(seed, anchor, num_frames, video_length, reverse_p=REVERSE, local_window=LOCAL):
+  return sampling.clip_indices(np.random.default_rng(seed), anchor, num_frames, video_length,
+                               reverse_p, local_window)
 
 
 def _record(num_frames, annotated_every=1, meta=None, num_expressions=2):
@@ -40,7 +49,7 @@ def _check_window(indices, anchor, video_length, num_frames):
 @pytest.mark.parametrize("anchor", [0, 1, 10, 28, 29])
 def test_clip_indices_structure(anchor):
   for seed in range(200):
-    indices = sampling.clip_indices(np.random.default_rng(seed), anchor, 5, 30)
+    indices = _indices(seed, anchor, 5, 30)
     assert indices.dtype == np.int64
     ascending = np.all(np.diff(indices) >= 0)
     descending = np.all(np.diff(indices) <= 0)
@@ -48,44 +57,45 @@ def test_clip_indices_structure(anchor):
     _check_window(indices, anchor, 30, 5)
 
 
-def test_clip_indices_distribution():
+@pytest.mark.parametrize("local_window", [1, LOCAL])
+def test_clip_indices_distribution(local_window):
   offsets_before, offsets_after, reversed_count = set(), set(), 0
   n = 3000
   for seed in range(n):
-    indices = sampling.clip_indices(np.random.default_rng(seed), 15, 5, 40)
+    indices = _indices(seed, 15, 5, 40, local_window=local_window)
     reversed_count += bool(indices[0] > indices[-1])
     s = sorted(indices.tolist())
     k = s.index(15)
     offsets_before.add(15 - s[k - 1])
     offsets_after.add(s[k + 1] - 15)
-  assert offsets_before == {1, 2, 3} and offsets_after == {1, 2, 3}
+  offsets = set(range(1, local_window + 1))
+  assert offsets_before == offsets and offsets_after == offsets
   # Binomial(3000, 0.3): standard deviation 0.0084.
-  assert abs(reversed_count / n - sampling.REVERSE_P) < 0.035
+  assert abs(reversed_count / n - 0.3) < 0.035
 
 
 def test_clip_indices_no_reverse_and_deterministic():
   for seed in range(100):
-    a = sampling.clip_indices(np.random.default_rng(seed), 7, 5, 20, reverse_p=0.0)
+    a = _indices(seed, 7, 5, 20, reverse_p=0.0)
     assert np.all(np.diff(a) >= 0)
-  same = [sampling.clip_indices(np.random.default_rng(3), 7, 5, 20) for _ in range(2)]
+  same = [_indices(3, 7, 5, 20) for _ in range(2)]
   np.testing.assert_array_equal(*same)
-  draws = {tuple(sampling.clip_indices(np.random.default_rng(s), 7, 5, 20)) for s in range(20)}
+  draws = {tuple(_indices(s, 7, 5, 20)) for s in range(20)}
   assert len(draws) > 5
 
 
 def test_clip_indices_short_videos():
   # 4 frames: nothing (or one frame) outside the window -> globals from the whole video.
   for seed in range(50):
-    indices = sampling.clip_indices(np.random.default_rng(seed), 1, 5, 4)
+    indices = _indices(seed, 1, 5, 4)
     assert len(indices) == 5 and set(indices.tolist()) <= set(range(4)) and 1 in indices
   # 1 frame: every index is 0.
-  np.testing.assert_array_equal(sampling.clip_indices(np.random.default_rng(0), 0, 5, 1),
-                                np.zeros(5))
-  np.testing.assert_array_equal(sampling.clip_indices(np.random.default_rng(0), 4, 1, 9), [4])
+  np.testing.assert_array_equal(_indices(0, 0, 5, 1), np.zeros(5))
+  np.testing.assert_array_equal(_indices(0, 4, 1, 9), [4])
   with pytest.raises(ValueError, match="1 frame or at least 3"):
-    sampling.clip_indices(np.random.default_rng(0), 0, 2, 9)
+    _indices(0, 0, 2, 9)
   with pytest.raises(ValueError, match="anchor 9 outside"):
-    sampling.clip_indices(np.random.default_rng(0), 9, 5, 9)
+    _indices(0, 9, 5, 9)
 
 
 def test_expand_ytvos_anchors_every_fifth_annotated_frame():
@@ -113,3 +123,24 @@ def test_resample_draws_from_candidates():
   sample = sampling.expand(_record(23), stride=5)[0]
   anchors = {sampling.resample(np.random.default_rng(s), sample).anchor for s in range(60)}
   assert anchors == set(sample.candidates) == {0, 5, 10, 15, 20}
+
+
+def test_clip_sampling_from_config_fields():
+  """ClipSampling anchors every num_frames-th frame, draws T frames, and never reverses an
+  anchored (A2D) expression's clip."""
+  clip_sampling = sampling.ClipSampling(num_frames=3, local_window=2, reverse_prob=1.0)
+  record = _record(12, meta={raw.anchor_key("1"): "00005"})
+  samples = clip_sampling.samples(record)
+  assert [(s.exp_index, s.anchor) for s in samples] == [(0, 0), (0, 3), (0, 6), (0, 9), (1, 5)]
+  assert [s.anchored for s in samples] == [False] * 4 + [True]
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    free, anchored = clip_sampling.indices(rng, samples[2]), clip_sampling.indices(rng, samples[4])
+    # T = 3: the anchor and one frame U{1, 2} before and after it.
+    assert free[1] == 6 and free[2] in (4, 5) and free[0] in (7, 8)  # reversed
+    assert anchored[1] == 5 and anchored[0] in (3, 4) and anchored[2] in (6, 7)
+  for fields, message in ((dict(num_frames=2), "sampling.num_frames 2"),
+                          (dict(local_window=0), "sampling.local_window 0"),
+                          (dict(reverse_prob=1.5), "sampling.reverse_prob 1.5")):
+    with pytest.raises(errors.ConfigError, match=message):
+      sampling.ClipSampling(**(dict(num_frames=5, local_window=3, reverse_prob=0.3) | fields))

@@ -9,7 +9,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import common
 from data_pipelines import transforms
+
+# The original's ranges, as the configs declare them.
+AUGMENTATION = transforms.Augmentation(**common.train_augmentation())
+PSEUDO_VIDEO = transforms.PseudoVideo(**common.pseudo_video())
 
 
 def _smooth_frames(t, h, w, seed=0):
@@ -149,7 +154,8 @@ def test_visible_in_is_necessary_for_validity():
   clip = _clip(t=3, h=72, w=128)
   outside = 0
   for seed in range(40):
-    geometry = transforms.random_geometry(np.random.default_rng(seed), *clip.size)
+    geometry = transforms.random_geometry(np.random.default_rng(seed), *clip.size,
+                                          AUGMENTATION)
     out = transforms.check(transforms.resample(clip, geometry.region, geometry.shape))
     visible = transforms.visible_in(clip.boxes, clip.valid, geometry.region)
     assert np.all(visible >= out.valid)
@@ -165,12 +171,13 @@ def test_random_geometry_sizes_within_scales():
   clip = _clip(t=2, h=72, w=128)
   shapes = set()
   for seed in range(60):
-    geometry = transforms.random_geometry(np.random.default_rng(seed), *clip.size)
+    geometry = transforms.random_geometry(np.random.default_rng(seed), *clip.size,
+                                          AUGMENTATION)
     out = transforms.check(transforms.resample(clip, geometry.region, geometry.shape))
     h, w = out.size
     shapes.add((h, w))
-    assert max(h, w) <= transforms.TRAIN_MAX_SIZE
-    assert min(h, w) in transforms.TRAIN_SCALES or max(h, w) >= transforms.TRAIN_MAX_SIZE - 1
+    assert max(h, w) <= 640
+    assert min(h, w) in (288, 320, 352, 392, 416, 448, 480, 512) or max(h, w) >= 640 - 1
     assert out.frames.shape == (2, h, w, 3) and out.masks.shape == (2, h, w)
     # The crop, at least 384 pixels high in a frame resized to a shorter side <= 600, lies
     # inside the source frame.
@@ -309,12 +316,12 @@ def test_buckets_and_padding():
 
 def test_eval_resize_matches_pil():
   frames = _smooth_frames(2, 72, 128)
-  out = transforms.eval_resize(frames)
+  out = transforms.eval_resize(frames, 360, 640)
   assert out.shape == (2, 360, 640, 3)
   np.testing.assert_array_equal(
       out[1], np.asarray(Image.fromarray(frames[1]).resize((640, 360), Image.BILINEAR)))
   np.testing.assert_array_equal(
-      transforms.eval_resize([Image.fromarray(f) for f in frames]), out)
+      transforms.eval_resize([Image.fromarray(f) for f in frames], 360, 640), out)
 
 
 def test_warp_projective_translation_and_identity():
@@ -335,7 +342,8 @@ def test_pseudo_video():
   mask[20:40, 30:55] = True
   originals = 0
   for seed in range(8):
-    clip = transforms.pseudo_video(image, mask, "a cat", np.random.default_rng(seed), 5)
+    clip = transforms.pseudo_video(image, mask, "a cat", np.random.default_rng(seed), 5,
+                                   PSEUDO_VIDEO)
     assert clip.frames.shape == (5, h, w, 3) and clip.masks.shape == (5, h, w)
     # The source image appears once, unaugmented, at a shuffled position.
     same = [t for t in range(5) if np.array_equal(clip.frames[t], image)]

@@ -29,3 +29,7 @@ def run_command(command: Callable[[], int | None], *, verbose: bool = False) -> 
       raise
     print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot be honoured; the message names the field (config.data.x)."""

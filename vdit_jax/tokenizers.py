@@ -12,6 +12,12 @@ CLIP's split regex, byte-level BPE with "</w>" word ends, <|startoftext|> ... <|
 and `RobertaTokenizer` (byte-level BPE, <s> ... </s>). Declared special tokens are added as
 special tokens, so a pad token such as "!" is also split out of the text as its own token,
 exactly as transformers does.
+
+`CaptionTokenizer` is what the data pipelines call on each caption: both tokenizers at fixed
+lengths (config.data.text), so that the text towers see one shape and compile once. The
+original pads RoBERTa's input to the batch's longest caption; the extra padding is masked
+out, so the real tokens' hidden states do not change, and a caption longer than the fixed
+length is truncated, counted and logged.
 """
 
 import dataclasses
@@ -19,6 +25,7 @@ import json
 import os
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
@@ -83,6 +90,11 @@ class Tokenizer:
     ids = np.array([e.ids for e in encodings], np.int32).reshape(len(encodings), -1)
     mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(ids.shape)
     return ids, mask
+
+  def fixed_length(self, max_length: int) -> "Tokenizer":
+    """A copy that truncates (keeping the special tokens) and pads every row to max_length."""
+    backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+    return Tokenizer(backend, self.kind, self.special, max_length)
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes tokenizer.json, vocab.json, merges.txt and tokenizer_config.json."""
@@ -178,3 +190,55 @@ def _wrap_processor(backend: tokenizers.Tokenizer, special: SpecialTokens, *,
   return processors.RobertaProcessing((special.eos_token, ids[special.eos_token]),
                                       (special.bos_token, ids[special.bos_token]),
                                       trim_offsets=trim_offsets, add_prefix_space=False)
+
+
+class CaptionTokenizer:
+  """caption -> {"clip_ids", "clip_mask", "roberta_ids", "roberta_mask"}, fixed shapes.
+
+  What the data pipelines call per example (data_pipelines.pipeline's `tokenize`): ids
+  (L,) int32 and attention masks (L,) int32 (1 on real tokens), L = clip_max_length for
+  CLIP (padded with the tokenizer's pad token, "!" for ModelScope's) and
+  roberta_max_length for RoBERTa (padded with <pad>). Captions longer than L tokens are
+  truncated, keeping the closing special token; each tokenizer counts them and logs the
+  1st, 10th, 100th, ... one. Picklable, as grain worker processes need; each process
+  counts its own.
+  """
+
+  def __init__(self, clip: Tokenizer, roberta: Tokenizer, *, clip_max_length: int,
+               roberta_max_length: int):
+    self._tokenizers = {"clip": clip.fixed_length(clip_max_length),
+                        "roberta": roberta.fixed_length(roberta_max_length)}
+    self._captions = 0
+    self._truncated = dict.fromkeys(self._tokenizers, 0)
+
+  @classmethod
+  def from_backbone(cls, directory: str | os.PathLike, **lengths: int) -> "CaptionTokenizer":
+    """The tokenizers of a converted backbone directory (tokenizers/clip, tokenizers/roberta);
+    `lengths`: config.data.text."""
+    # Deferred: the loader brings JAX and Orbax, which the worker processes that unpickle
+    # this object do not need (and it imports this module).
+    from vdit_jax import pretrained
+    return cls(**pretrained.load_tokenizers(directory), **lengths)
+
+  def truncated_counts(self) -> dict[str, int]:
+    """{"captions": tokenized so far, "clip": truncated by CLIP, "roberta": by RoBERTa}."""
+    return {"captions": self._captions, **self._truncated}
+
+  def __call__(self, caption: str) -> dict[str, np.ndarray]:
+    self._captions += 1
+    arrays = {}
+    for name, tokenizer in self._tokenizers.items():
+      encoding = tokenizer.backend.encode(caption)
+      if encoding.overflowing:
+        self._count_truncation(name, tokenizer.max_length, caption)
+      arrays[f"{name}_ids"] = np.array(encoding.ids, np.int32)
+      arrays[f"{name}_mask"] = np.array(encoding.attention_mask, np.int32)
+    return arrays
+
+  def _count_truncation(self, name: str, max_length: int, caption: str) -> None:
+    self._truncated[name] += 1
+    count = self._truncated[name]
+    if count == 10 ** (len(str(count)) - 1):
+      logging.warning("%s tokenizer: %d of %d captions so far were longer than %d tokens and "
+                      "truncated (config.data.text), e.g. %r", name, count, self._captions,
+                      max_length, caption)
