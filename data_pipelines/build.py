@@ -22,8 +22,7 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
+import sys
 from typing import Callable, Iterable, Iterator
 
 import tqdm
@@ -31,13 +30,14 @@ import tqdm
 from data_pipelines import readers
 from data_pipelines import records
 from data_pipelines import shards
+from vdit_jax import atomic_dir, errors
 
 VIDEOS_PER_SHARD = 64
 
 _log = logging.getLogger(__name__)
 
 
-class BuildError(RuntimeError):
+class BuildError(errors.UserError):
   """A build that cannot proceed: an existing target, a bad video, bad arguments."""
 
 
@@ -129,18 +129,6 @@ def _write_shards(directory: str, tasks: list[_Task], num_shards: int, fmt: str,
   }
 
 
-def _replace_dir(source: str, target: str) -> None:
-  """Moves directory `source` to `target`, removing a previous `target` only once it is moved."""
-  if not os.path.exists(target):
-    os.rename(source, target)
-    return
-  trash = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
-                           dir=os.path.dirname(target))
-  os.rename(target, os.path.join(trash, "old"))
-  os.rename(source, target)
-  shutil.rmtree(trash)
-
-
 def build(dataset: str, raw_root: str, split: str, out_root: str, *,
           num_shards: int | None = None, workers: int = 1, fmt: str = "tfrecord",
           overwrite: bool = False, skip_bad_records: bool = False) -> dict:
@@ -152,6 +140,8 @@ def build(dataset: str, raw_root: str, split: str, out_root: str, *,
   target = shards.split_dir(out_root, split)
   if os.path.exists(target) and not overwrite:
     raise BuildError(f"{target} already exists; pass --overwrite to replace it")
+  if not os.path.isdir(raw_root):
+    raise BuildError(f"{raw_root}: no such directory (the raw {dataset} dataset)")
   video_ids = sorted(readers.get_reader(dataset).list_videos(raw_root, split))
   if not video_ids:
     raise BuildError(f"{dataset}/{split}: no videos under {raw_root}")
@@ -160,15 +150,9 @@ def build(dataset: str, raw_root: str, split: str, out_root: str, *,
     raise BuildError(f"--num_shards must be in [1, {len(video_ids)}] (the number of videos), "
                      f"got {num_shards}")
   tasks = [_Task(dataset, raw_root, split, v) for v in video_ids]
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target))
-  try:
+  with atomic_dir.atomic_directory(target, overwrite=overwrite) as tmp:
     info = _write_shards(tmp, tasks, num_shards, fmt, skip_bad_records, workers)
     shards.write_info(tmp, info)
-    _replace_dir(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
   _log.info("wrote %d videos (%d skipped) in %d shards to %s", info["num_videos"],
             info["num_skipped"], num_shards, target)
   return info
@@ -187,19 +171,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--format", default="tfrecord", choices=shards.FORMATS)
   parser.add_argument("--overwrite", action="store_true")
   parser.add_argument("--skip_bad_records", action="store_true")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show the traceback of input errors too")
   return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+  """Runs the command; returns the exit status (0 ok, 1 bad input, 2 usage)."""
   args = _parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  try:
+
+  def run():
     build(args.dataset, args.raw, args.split, args.out, num_shards=args.num_shards,
           workers=args.workers, fmt=args.format, overwrite=args.overwrite,
           skip_bad_records=args.skip_bad_records)
-  except BuildError as e:
-    raise SystemExit(f"error: {e}") from None
+
+  return errors.run_command(run, verbose=args.verbose)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

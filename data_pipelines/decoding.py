@@ -17,6 +17,7 @@ from PIL import Image
 from data_pipelines import raw
 from data_pipelines import raw_io
 from data_pipelines import sampling
+from vdit_jax import errors
 
 
 # What the pipelines call on each example's caption (vdit_jax.tokenizers.CaptionTokenizer):
@@ -24,7 +25,7 @@ from data_pipelines import sampling
 Tokenize = Callable[[str], dict[str, np.ndarray]]
 
 
-class ClipError(ValueError):
+class ClipError(errors.UserError, ValueError):
   """A frame or mask of a record that does not decode or does not fit the video."""
 
 

@@ -19,12 +19,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from vdit_jax import errors
+
 # The image formats a frame may have, as PIL names them, per `VideoRecord.frame_format`.
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 _ID_MAP_MODES = ("L", "P")
 
 
-class RawDataError(ValueError):
+class RawDataError(errors.UserError, ValueError):
   """A raw dataset file is missing, unreadable or inconsistent with its annotations."""
 
 

@@ -47,6 +47,7 @@ import numpy as np
 
 from data_pipelines import raw
 from data_pipelines import raw_io
+from vdit_jax import errors
 
 RECORD_VERSION = 1
 
@@ -76,7 +77,7 @@ FEATURE_SPEC = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(errors.UserError, ValueError):
   """A record that breaks the feature spec or the VideoRecord contract."""
 
 

@@ -39,7 +39,7 @@ from data_pipelines import raw
 from vdit_jax import errors
 
 
-class SampleError(ValueError):
+class SampleError(errors.UserError, ValueError):
   """A record whose samples cannot be formed (an anchor frame the video does not have)."""
 
 

@@ -31,6 +31,8 @@ import crc32c
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
 
+from vdit_jax import errors
+
 FORMATS = ("tfrecord", "array_record")
 INFO_FILE = "dataset_info.json"
 
@@ -39,7 +41,7 @@ _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 
 
-class ShardError(ValueError):
+class ShardError(errors.UserError, ValueError):
   """A shard that is truncated, corrupt, missing or does not match dataset_info.json."""
 
 

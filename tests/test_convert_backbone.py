@@ -19,6 +19,7 @@ import transformers
 from flax import nnx
 
 from vdit_jax import pretrained, towers
+from vdit_jax import tokenizers as vdit_tokenizers
 from vdit_jax.convert import __main__ as cli
 from vdit_jax.convert import backbone, core
 from vdit_jax.convert import diffusers as dconv
@@ -183,7 +184,7 @@ def test_clip_text_output_close_to_torch(sources, loaded):
 
 def test_tokenizers_match_transformers(sources, converted):
   source_dirs = sources[0]
-  loaded = pretrained.load_tokenizers(converted)
+  loaded = vdit_tokenizers.load_from_backbone(converted)
   clip = transformers.CLIPTokenizer.from_pretrained(
       os.path.join(source_dirs["modelscope"], "tokenizer"))
   want = clip(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="np")

@@ -88,6 +88,17 @@ def test_data_fields_override_from_the_command_line(tmp_path, override):
 def test_bad_overrides_fail(tmp_path, override, error):
   run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py", override)
   assert run.returncode != 0 and error in run.stderr
+  assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_config_field_typo_is_one_message(tmp_path):
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny", "--config.data.batch_size=4",
+              "--config.data.shuffle_windw=3")
+  assert run.returncode == 1
+  assert run.stderr.startswith("FATAL Flags parsing error: --config.data.shuffle_windw: the "
+                               "config has no field 'shuffle_windw'. Did you mean "
+                               '"shuffle_window" instead of "shuffle_windw"?'), run.stderr
+  assert len(run.stderr.splitlines()) == 2
 
 
 def test_two_processes_join_the_distributed_runtime(tmp_path):

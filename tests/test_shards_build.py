@@ -283,19 +283,20 @@ def test_workers_and_formats_write_the_same_bytes(tmp_path):
       r for p in tf_paths for r in shards.read_tfrecord(p)]
 
 
-def test_no_silent_overwrite(tmp_path, raw_roots):
+def test_no_silent_overwrite(tmp_path, raw_roots, capsys):
   out = str(tmp_path / "out")
   target = os.path.join(out, "test")
   args = ["--dataset", "jhmdb", "--raw", raw_roots["jhmdb"], "--split", "test", "--out", out]
-  build.main(args + ["--num_shards", "2"])
+  assert build.main(args + ["--num_shards", "2"]) == 0
   before = _files(target)
   refusal = re.escape(f"{target} already exists; pass --overwrite")
   with pytest.raises(build.BuildError, match=refusal):
     build.build("jhmdb", raw_roots["jhmdb"], "test", out, num_shards=1)
-  with pytest.raises(SystemExit, match=re.escape(f"error: {target} already exists")):
-    build.main(args)
+  capsys.readouterr()
+  assert build.main(args) == 1
+  assert capsys.readouterr().err == f"error: {target} already exists; pass --overwrite to replace it\n"
   assert _files(target) == before
-  build.main(args + ["--num_shards", "1", "--overwrite"])
+  assert build.main(args + ["--num_shards", "1", "--overwrite"]) == 0
   after = _files(target)
   assert sorted(after) == [shards.INFO_FILE, "shard-00000-of-00001.tfrecord"]
   assert after["shard-00000-of-00001.tfrecord"] == b"".join(
@@ -348,3 +349,16 @@ def test_verify_and_list_shards_catch_damage(tmp_path, raw_roots):
       check()
   with pytest.raises(shards.ShardError, match="no dataset_info.json"):
     shards.verify(str(tmp_path / "elsewhere"))
+
+
+def test_missing_raw_data_is_one_message(tmp_path, capsys):
+  """A user's first mistakes: a wrong --raw, or a folder without the annotation files."""
+  args = ["--dataset", "ytvos", "--split", "train", "--out", str(tmp_path / "out")]
+  assert build.main(args + ["--raw", str(tmp_path / "nope")]) == 1
+  assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'}: no such directory (the raw "
+                                     "ytvos dataset)\n")
+  (tmp_path / "empty").mkdir()
+  assert build.main(args + ["--raw", str(tmp_path / "empty")]) == 1
+  expected = tmp_path / "empty" / "meta_expressions" / "train" / "meta_expressions.json"
+  assert capsys.readouterr().err == f"error: missing file {expected}\n"
+  assert not (tmp_path / "out").exists()

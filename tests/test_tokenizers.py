@@ -158,7 +158,7 @@ def test_caption_tokenizer_from_a_converted_backbone(tokenizer_dirs, tmp_path):
   shutil.copytree(tokenizer_dirs[0], modelscope / "tokenizer")
   out = tmp_path / "backbone"
   backbone.convert_backbone({"modelscope": str(modelscope), "roberta": str(tokenizer_dirs[1])},
-                            out, towers={})
+                            out, towers_to_convert={})
   tokenize = vt.CaptionTokenizer.from_backbone(out, clip_max_length=77,
                                                roberta_max_length=ROBERTA_LENGTH)
   _check_fixed_lengths(tokenize, *_hf_tokenizers(out / "tokenizers" / "clip",

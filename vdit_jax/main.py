@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdit_jax import preflight
+from vdit_jax import errors, preflight
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/ytvos.py or configs/ytvos.py:tiny.",
@@ -26,8 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
                           "What to run.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of input errors too.")
 
-# Modes whose implementation has not landed yet, with the work item that brings each.
+# Modes whose implementation has not landed yet, with what each needs.
 _NOT_YET = {
     "train": "the training loop (model, losses and train step)",
     "eval": "the evaluators (J&F, mAP, overall / mean IoU)",
@@ -50,9 +51,27 @@ def _initialize_distributed() -> None:
   logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
 
 
-def main(argv) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a --config.* override that names no config field reported
+  as one message (ml_collections raises a bare AttributeError for it)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    problem = str(e)
+  except (AttributeError, KeyError) as e:
+    # ml_collections wraps a KeyError("'key'\nDid you mean ...") in an AttributeError.
+    cause = e.args[0] if e.args else e
+    text = str(cause.args[0] if isinstance(cause, KeyError) else cause)
+    key, _, hint = text.partition("\n")
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    flag = next((a for a in overrides if a.endswith("." + key.strip("'"))), "--config.*")
+    problem = f"{flag}: the config has no field {key}. {hint}".strip()
+  print(f"FATAL Flags parsing error: {problem}\nPass --helpshort or --helpfull to see help "
+        "on flags.", file=sys.stderr)
+  sys.exit(1)
+
+
+def _run() -> int:
   _initialize_distributed()
   config_flag = flags.FLAGS["config"].serialize().split("=", 1)[1]
   needs = preflight.requirements(_CONFIG.value, _MODE.value, _WORKDIR.value, config_flag)
@@ -66,6 +85,12 @@ def main(argv) -> int:
   return 2
 
 
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  return errors.run_command(_run, verbose=_VERBOSE.value)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

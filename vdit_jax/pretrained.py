@@ -17,11 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from vdit_jax import abstract_build, backbone_format, tokenizers, towers
+from vdit_jax import abstract_build, backbone_format, towers
 from vdit_jax.backbone_format import ConvertedBackboneError
-
-# Tokenizer name -> loader of a saved tokenizer directory.
-TOKENIZER_LOADERS = {"clip": tokenizers.clip_tokenizer, "roberta": tokenizers.roberta_tokenizer}
 
 
 def params_checkpointer() -> ocp.Checkpointer:
@@ -142,13 +139,3 @@ def load_backbone(directory: str | os.PathLike, towers_settings: Mapping[str, Ma
   return {name: load_tower(directory, name, specs[name], settings, shardings)
           for name, settings in towers_settings.items()}
 
-
-def load_tokenizers(directory: str | os.PathLike) -> dict[str, tokenizers.Tokenizer]:
-  """{'clip': CLIP tokenizer, 'roberta': RoBERTa tokenizer} of a converted directory."""
-  directory = os.fspath(directory)
-  manifest = backbone_format.read_manifest(directory)
-  absent = [n for n in TOKENIZER_LOADERS if n not in manifest["tokenizers"]]
-  if absent:
-    raise ConvertedBackboneError(directory, f"no converted tokenizer {', '.join(absent)}")
-  return {name: load(backbone_format.tokenizer_dir(directory, name))
-          for name, load in TOKENIZER_LOADERS.items()}

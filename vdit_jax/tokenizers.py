@@ -31,6 +31,8 @@ import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from vdit_jax import backbone_format
+
 CLIP_MAX_LENGTH = 77
 # OpenAI CLIP's pre-tokenisation: special tokens, English contractions, letter runs,
 # single digits, runs of other non-space characters.
@@ -215,10 +217,7 @@ class CaptionTokenizer:
   def from_backbone(cls, directory: str | os.PathLike, **lengths: int) -> "CaptionTokenizer":
     """The tokenizers of a converted backbone directory (tokenizers/clip, tokenizers/roberta);
     `lengths`: config.data.text."""
-    # Deferred: the loader brings JAX and Orbax, which the worker processes that unpickle
-    # this object do not need (and it imports this module).
-    from vdit_jax import pretrained
-    return cls(**pretrained.load_tokenizers(directory), **lengths)
+    return cls(**load_from_backbone(directory), **lengths)
 
   def truncated_counts(self) -> dict[str, int]:
     """{"captions": tokenized so far, "clip": truncated by CLIP, "roberta": by RoBERTa}."""
@@ -242,3 +241,19 @@ class CaptionTokenizer:
       logging.warning("%s tokenizer: %d of %d captions so far were longer than %d tokens and "
                       "truncated (config.data.text), e.g. %r", name, count, self._captions,
                       max_length, caption)
+
+
+# Tokenizer name (backbone_format.TOKENIZERS) -> loader of a tokenizer directory.
+LOADERS = {"clip": clip_tokenizer, "roberta": roberta_tokenizer}
+
+
+def load_from_backbone(directory: str | os.PathLike) -> dict[str, Tokenizer]:
+  """{'clip': CLIP tokenizer, 'roberta': RoBERTa tokenizer} of a converted backbone directory."""
+  directory = os.fspath(directory)
+  manifest = backbone_format.read_manifest(directory)
+  absent = [n for n in LOADERS if n not in manifest["tokenizers"]]
+  if absent:
+    raise backbone_format.ConvertedBackboneError(
+        directory, f"no converted tokenizer {', '.join(absent)}")
+  return {name: load(backbone_format.tokenizer_dir(directory, name))
+          for name, load in LOADERS.items()}

@@ -32,13 +32,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from vdit_jax import abstract_build, atomic_dir, backbone_format, pretrained, towers
+from vdit_jax import tokenizers as vdit_tokenizers
 from vdit_jax.convert import core, io
 from vdit_jax.convert import diffusers as dconv
 from vdit_jax.convert import transformers as tconv
 from vdit_jax.models import clip, roberta, unet3d, vae
 
-# Tokenizer name -> (source, subfolder holding its files); `pretrained.TOKENIZER_LOADERS`
-# reads them.
+# Tokenizer name -> (source, subfolder holding its files); `vdit_tokenizers.LOADERS` reads
+# them.
 TOKENIZER_SOURCES = {"clip": ("modelscope", "tokenizer"), "roberta": ("roberta", "")}
 _VERSIONED_PACKAGES = ("vdit-jax", "jax", "flax", "orbax-checkpoint", "numpy", "safetensors")
 
@@ -161,7 +162,7 @@ def convert_backbone(sources: Mapping[str, str], out: str | os.PathLike, *, dtyp
     overwrite: replace an existing `out` (only after the new one is complete).
     towers_to_convert: name -> Tower; `backbone_towers()` by default.
     tokenizers: name -> (source, subfolder) of the tokenizers to carry; each is read with
-      `pretrained.TOKENIZER_LOADERS[name]`.
+      `vdit_tokenizers.LOADERS[name]`.
 
   Raises:
     errors.UserError: `out` exists and `overwrite` is False.
@@ -192,7 +193,7 @@ def convert_backbone(sources: Mapping[str, str], out: str | os.PathLike, *, dtyp
                 "towers": {}, "tokenizers": {}, "versions": _versions()}
     for name, (source, subfolder) in tokenizers.items():
       source_dir = _source_dir(sources, source, subfolder)
-      files = save_tokenizer(pretrained.TOKENIZER_LOADERS[name], source_dir,
+      files = save_tokenizer(vdit_tokenizers.LOADERS[name], source_dir,
                              backbone_format.tokenizer_dir(tmp, name))
       manifest["tokenizers"][name] = {"source": source_dir, "files": files}
     for name, tower in towers_to_convert.items():
