@@ -331,6 +331,8 @@ def _mp4(frames: list[np.ndarray]) -> bytes:
 def _a2d_box(mask: np.ndarray) -> list[float]:
   """x1, y1, x2, y2 around a mask with A2D's fractional edges (x2, y2 past the last pixel)."""
   ys, xs = np.nonzero(mask)
+  if not len(xs):
+    return [0.0, 0.0, 0.0, 0.0]
   return [float(xs.min()) + 0.08, float(ys.min()) - 0.18, float(xs.max()) + 1.0,
           float(ys.max()) + 1.18]
 
@@ -579,10 +581,11 @@ def _write_refcoco(root: str, rng: np.random.Generator, num_videos: int, num_fra
 def _refer_refs(images: list[dict], annotations: list[dict], scenes: list[Scene],
                 splits: tuple[str, ...], shift: int, width: int) -> list[dict]:
   """REFER refs: one per annotation, ids and sentence ids numbered from 0."""
+  by_id = {image["id"]: (image, scene) for image, scene in zip(images, scenes)}
   refs = []
   for annotation in annotations:
-    image = images[[i["id"] for i in images].index(annotation["image_id"])]
-    obj = scenes[images.index(image)].objects[annotation["id"] % 100]
+    image, scene = by_id[annotation["image_id"]]
+    obj = scene.objects[annotation["id"] % 100]
     sentences = [{"tokens": text.split(), "raw": text.upper(),
                   "sent_id": 2 * len(refs) + n, "sent": text}
                  for n, text in enumerate(_refcoco_texts(obj, width))]
