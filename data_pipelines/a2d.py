@@ -1,10 +1,17 @@
 """Reader of A2D-Sentences in the standard (MTTR) single-frame sample protocol.
 
-Layout (metrics.md §3.1, §4.4):
+Layout (MTTR datasets/a2d_sentences/a2d_sentences_dataset.py):
   <root>/Release/CLIPS320/<vid>.mp4 (or Release/clips320H/<vid>.mp4)
   <root>/text_annotations/a2d_annotation_with_instances/<vid>/<%05d>.h5   1-based frame number
   <root>/a2d_sentences_single_frame_{train,test}_annotations.json
       a list of [query, video_id, frame_idx (1-based), instance_id]
+The sample lists are MTTR's; `python -m data_pipelines.prepare --dataset a2d` derives them
+from the official release when they are absent (data_pipelines/prepare/a2d.py).
+
+Each .h5 is one annotated frame in MATLAB v7.3 layout: `reMask` (N, W, H) uint8, or (W, H)
+when N = 1 (MATLAB stores arrays column-major, so h5py sees the image transposed); `reBBox`
+(4, N) float64 rows x1, y1, x2, y2; `instance`, the N instance ids (float64, any shape with
+N elements), which A2D-Sentences added to the original A2D `Release/Annotations/mat` files.
 
 One record per video that has samples (videos without samples are skipped). The mp4 is
 decoded once here with PyAV (the library torchvision's read_video uses) and every frame is
@@ -46,15 +53,13 @@ def samples_path(root: str, split: str) -> str:
 
 def list_videos(root: str, split: str) -> list[str]:
   """The sorted ids of the videos that have samples in `split`."""
-  raw_io.check_split(DATASET, split, SPLITS)
-  return sorted(raw_io.load_json_index(samples_path(root, split), _samples_by_video))
+  return sorted(_samples(root, split))
 
 
 def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
   """Decodes one A2D clip and reads the masks and expressions of its samples."""
-  raw_io.check_split(DATASET, split, SPLITS)
   where = f"{DATASET}/{split}/{video_id}"
-  samples = raw_io.load_json_index(samples_path(root, split), _samples_by_video).get(video_id)
+  samples = _samples(root, split).get(video_id)
   if not samples:
     raise raw_io.RawDataError(f"{samples_path(root, split)}: no samples for video {video_id!r}")
   frames, height, width = _decode_video(_video_path(root, video_id))
@@ -67,6 +72,16 @@ def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
       frame_names=frame_names, frames=frames, frame_format="jpeg",
       height=height, width=width, mask_frames=mask_frames, masks=masks,
       expressions=expressions, meta=meta)
+
+
+def _samples(root: str, split: str) -> dict[str, list[tuple[str, int, int]]]:
+  raw_io.check_split(DATASET, split, SPLITS)
+  path = samples_path(root, split)
+  if not os.path.exists(path):
+    raise raw_io.RawDataError(
+        f"missing file {path}: MTTR's sample list; derive it from the official A2D-Sentences "
+        f"release with `python -m data_pipelines.prepare --dataset a2d --raw {root}`")
+  return raw_io.load_json_index(path, _samples_by_video)
 
 
 def _sample_expressions(samples: list[tuple[str, int, int]],
@@ -147,6 +162,12 @@ def _decode_video(path: str) -> tuple[tuple[bytes, ...], int, int]:
   return tuple(frames), size[0], size[1]
 
 
+def read_instance_ids(path: str) -> list[int]:
+  """The `instance` ids of one annotated frame's .h5, in the file's order."""
+  with _open_h5(path) as f:
+    return _instance_ids(f, path)
+
+
 def read_instances(path: str) -> tuple[list[int], np.ndarray]:
   """Reads the instance masks of one annotated frame.
 
@@ -154,20 +175,54 @@ def read_instances(path: str) -> tuple[list[int], np.ndarray]:
     (instance_ids, masks): the h5 `instance` ids and their masks as (N, H, W) bool, the
     stored (W, H) / (N, W, H) `reMask` transposed back to the image's layout.
   """
-  if not os.path.exists(path):
-    raise raw_io.RawDataError(f"missing file {path}")
-  try:
-    with h5py.File(path, "r") as f:
-      masks = np.asarray(f["reMask"])
-      instance_ids = [int(x) for x in np.asarray(f["instance"]).reshape(-1)]
-  except (OSError, KeyError) as e:
-    raise raw_io.RawDataError(f"{path}: cannot read reMask/instance: {e}") from None
+  with _open_h5(path) as f:
+    instance_ids = _instance_ids(f, path)
+    masks = _dataset(f, "reMask", path)
   if masks.ndim == 2:
     masks = masks[np.newaxis]
   if masks.ndim != 3 or masks.shape[0] != len(instance_ids):
     raise raw_io.RawDataError(f"{path}: reMask of shape {masks.shape} does not hold the "
                               f"{len(instance_ids)} instances {instance_ids}")
   return instance_ids, np.transpose(masks, (0, 2, 1)) > 0
+
+
+def read_boxes(path: str) -> np.ndarray:
+  """The (N, 4) float64 boxes x1, y1, x2, y2 of `reBBox` (stored (4, N)), one per instance."""
+  with _open_h5(path) as f:
+    boxes = _dataset(f, "reBBox", path)
+  if boxes.ndim == 1:
+    boxes = boxes[:, np.newaxis]
+  if boxes.ndim != 2 or boxes.shape[0] != 4:
+    raise raw_io.RawDataError(f"{path}: reBBox of shape {boxes.shape} is not (4, N)")
+  return boxes.T.astype(np.float64)
+
+
+def _open_h5(path: str) -> h5py.File:
+  if not os.path.exists(path):
+    raise raw_io.RawDataError(f"missing file {path}")
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise raw_io.RawDataError(f"{path}: cannot open as HDF5 (MATLAB v7.3): {e}") from None
+
+
+def _instance_ids(f: h5py.File, path: str) -> list[int]:
+  if "instance" not in f:
+    raise raw_io.RawDataError(
+        f"{path}: no 'instance' dataset (found {sorted(f)}): an original A2D "
+        f"Release/Annotations/mat file has no instance ids; A2D-Sentences' "
+        f"{MASK_DIR}/<vid>/<frame>.h5 files add them")
+  values = _dataset(f, "instance", path).reshape(-1)
+  if not np.all(values == np.round(values)):
+    raise raw_io.RawDataError(f"{path}: instance ids {values.tolist()} are not integers")
+  return [int(x) for x in values]
+
+
+def _dataset(f: h5py.File, name: str, path: str) -> np.ndarray:
+  try:
+    return np.asarray(f[name])
+  except (KeyError, OSError) as e:
+    raise raw_io.RawDataError(f"{path}: cannot read {name}: {e}") from None
 
 
 def overlap_free_id_maps(instance_ids: list[int], masks: np.ndarray,

@@ -1,6 +1,7 @@
 """Reader of Ref-DAVIS17 (YTVOS-style converted layout) and of the DAVIS tree for scoring.
 
-The converted layout (ReferFormer's convert_davis_to_ytvos.py; metrics.md §1.8, §4.2):
+The converted layout (ReferFormer's tools/data/convert_davis_to_ytvos.py, or
+`python -m data_pipelines.prepare --dataset davis`, data_pipelines/prepare/davis.py):
   <root>/{train,valid}/JPEGImages/<seq>/<%05d>.jpg
   <root>/{train,valid}/Annotations/<seq>/<%05d>.png   from Annotations_unsupervised (255 = void)
   <root>/{train,valid}/meta.json                       {"videos": {seq: {"objects": ...}}}
@@ -9,7 +10,8 @@ The converted layout (ReferFormer's convert_davis_to_ytvos.py; metrics.md §1.8,
 Each object owns 4 consecutive expressions, exp_ids 4k..4k+3 for the k-th object, in the
 order annot1-first-frame, annot1-full-video, annot2-first-frame, annot2-full-video. The
 reader checks that grouping and records each expression's run ("anno_id", 0..3, the
-`anno_<k>` folder the DAVIS scorer reads) in meta as "anno_id/<exp_id>".
+`anno_<k>` folder ReferFormer's inference_davis.py writes for the DAVIS scorer) in meta as
+"anno_id/<exp_id>".
 
 The DAVIS tree the official scorer reads (`list_sequences`, `read_gt`; the scorer itself
 lands with the evaluation work):
@@ -35,13 +37,13 @@ EXPRESSIONS_PER_OBJECT = 4
 
 def list_videos(root: str, split: str) -> list[str]:
   """The sorted sequence names of `split` in the converted layout."""
-  raw_io.check_split(DATASET, split, SPLITS)
+  _check_converted(root, split)
   return sorted(ytvos.layout_videos(root, split))
 
 
 def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
   """Reads one converted Ref-DAVIS17 sequence: every frame has an id map."""
-  raw_io.check_split(DATASET, split, SPLITS)
+  _check_converted(root, split)
   record = ytvos.read_layout_video(DATASET, root, split, video_id, image_split=split,
                                    with_masks=True)
   expressions = record.expressions
@@ -59,6 +61,15 @@ def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
   meta.update({f"anno_id/{e.exp_id}": str(int(e.exp_id) % EXPRESSIONS_PER_OBJECT)
                for e in expressions})
   return dataclasses.replace(record, meta=meta)
+
+
+def _check_converted(root: str, split: str) -> None:
+  raw_io.check_split(DATASET, split, SPLITS)
+  path = ytvos.meta_expressions_path(root, split)
+  if not os.path.exists(path):
+    raise raw_io.RawDataError(
+        f"missing file {path}: convert the DAVIS 2017 and Ref-DAVIS17 releases with "
+        f"`python -m data_pipelines.prepare --dataset davis --raw {root}`")
 
 
 def list_sequences(davis_root: str, image_set: str = "val") -> list[str]:

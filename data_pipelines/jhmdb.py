@@ -1,12 +1,16 @@
 """Reader of JHMDB-Sentences (evaluation only) in the MTTR sample protocol.
 
-Layout (metrics.md §3.2, §4.5):
+Layout (MTTR datasets/jhmdb_sentences/jhmdb_sentences_dataset.py):
   <root>/Rename_Images/<action>/<vid>/<%05d>.png                  1-based frame numbers
   <root>/puppet_mask/<action>/<vid>/puppet_mask.mat               'part_mask' uint8 (H, W, T)
   <root>/jhmdb_sentences_samples_metadata.json
       a list of [video_id, "./jhmdb_sentences/Rename_Images/<action>/<vid>/<%05d>.png",
                  "./jhmdb_sentences/puppet_mask/<action>/<vid>/puppet_mask.mat",
                  video_total_frames, query]
+
+The sample list is MTTR's datasets/jhmdb_sentences/jhmdb_sentences_samples_metadata.json
+(github.com/mttr2021/MTTR), which ReferFormer and VD-IT use too: its 3 frames per video were
+drawn at random once, so it is the benchmark and is not derived here.
 
 The paths in the metadata are resolved from their "Rename_Images/" / "puppet_mask/" part
 on, under `root`. One record per video (split "test"): frames 1..video_total_frames as they
@@ -32,16 +36,14 @@ PERSON_ID = 1
 
 def list_videos(root: str, split: str) -> list[str]:
   """The sorted ids of the videos that have samples."""
-  raw_io.check_split(DATASET, split, SPLITS)
-  return sorted(raw_io.load_json_index(os.path.join(root, METADATA), _samples_by_video))
+  return sorted(_samples(root, split))
 
 
 def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
   """Reads one JHMDB video: its frames, puppet-mask id maps and sample expressions."""
-  raw_io.check_split(DATASET, split, SPLITS)
   where = f"{DATASET}/{split}/{video_id}"
   metadata = os.path.join(root, METADATA)
-  samples = raw_io.load_json_index(metadata, _samples_by_video).get(video_id)
+  samples = _samples(root, split).get(video_id)
   if not samples:
     raise raw_io.RawDataError(f"{metadata}: no samples for video {video_id!r}")
   frame_dirs = {os.path.dirname(frame_path) for frame_path, _, _, _ in samples}
@@ -65,6 +67,16 @@ def read_video(root: str, split: str, video_id: str) -> raw.VideoRecord:
       frame_names=frame_names, frames=frames, frame_format="png",
       height=height, width=width, mask_frames=frame_names, masks=masks,
       expressions=expressions, meta=meta)
+
+
+def _samples(root: str, split: str) -> dict[str, list[tuple[str, str, int, str]]]:
+  raw_io.check_split(DATASET, split, SPLITS)
+  path = os.path.join(root, METADATA)
+  if not os.path.exists(path):
+    raise raw_io.RawDataError(
+        f"missing file {path}: JHMDB-Sentences is read with MTTR's fixed sample list; download "
+        f"datasets/jhmdb_sentences/{METADATA} from github.com/mttr2021/MTTR")
+  return raw_io.load_json_index(path, _samples_by_video)
 
 
 def _sample_expressions(samples: list[tuple[str, str, int, str]], frame_names: tuple[str, ...],

@@ -5,6 +5,9 @@ frame or mask that fails to decode: frames are decoded once (JPEGs at 1/8 scale,
 `check_frame`) and dropped, masks are decoded to id maps. Every failure raises
 `RawDataError` naming the file (or the video and the annotation file) at fault.
 
+`load_pickle` reads the few pickles a release ships (REFER's `refs(<split_by>).p`) with an
+unpickler that builds only plain values, never arbitrary objects.
+
 Id-map masks are single-channel PNGs whose pixel value is the object id: 'L' PNGs, or
 palette ('P') PNGs whose palette index is the id. `decode_id_map` reads both; never
 `.convert("L")` a palette PNG, which would map indices through the palette colours.
@@ -14,6 +17,7 @@ import functools
 import io
 import json
 import os
+import pickle
 from typing import Any, Callable
 
 import numpy as np
@@ -57,6 +61,25 @@ def load_json_index(path: str, build: Callable[[Any, str], Any]) -> Any:
   return _build_index(path, *_version(path), build)
 
 
+def load_index(paths: tuple[str, ...], build: Callable[..., Any], *args: Any) -> Any:
+  """Returns `build(*paths, *args)`, cached while none of the files changes.
+
+  For an index built from several files (REFER's refs pickle and instances.json). `build`
+  must be a module-level function and `args` hashable.
+  """
+  return _build_multi_index(paths, tuple(_version(path) for path in paths), build, args)
+
+
+def load_pickle(path: str) -> Any:
+  """Unpickles a file of plain values (lists, dicts, tuples, sets, str, bytes, numbers).
+
+  Any other object in the pickle is refused before it is built, so a crafted file cannot run
+  code. Python 2 pickles load too: their byte strings are decoded as UTF-8. Cached while the
+  file is unchanged; do not mutate the result.
+  """
+  return _load_pickle(path, *_version(path))
+
+
 def _version(path: str) -> tuple[int, int]:
   """(mtime_ns, size): cache keys under which a rewritten file is parsed again."""
   try:
@@ -70,6 +93,39 @@ def _version(path: str) -> tuple[int, int]:
 @functools.lru_cache(maxsize=4)
 def _build_index(path: str, mtime_ns: int, size: int, build: Callable[[Any, str], Any]) -> Any:
   return build(_load_json(path, mtime_ns, size), path)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_multi_index(paths: tuple[str, ...], versions: tuple, build: Callable[..., Any],
+                       args: tuple) -> Any:
+  del versions  # Cache keys only.
+  return build(*paths, *args)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+  """Builds containers and scalars only: every global a pickle names is refused.
+
+  Protocol 0-2 pickles of sets name `builtins.set` / `frozenset` (Python 2's `__builtin__`,
+  which fix_imports maps to `builtins`); nothing else is looked up.
+  """
+  _ALLOWED = {("builtins", "set"): set, ("builtins", "frozenset"): frozenset}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in self._ALLOWED:
+      return self._ALLOWED[module, name]
+    raise pickle.UnpicklingError(f"refusing to build {module}.{name}: only plain lists, "
+                                 f"dicts, strings and numbers are read")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_pickle(path: str, mtime_ns: int, size: int) -> Any:
+  del mtime_ns, size  # Cache keys only.
+  try:
+    with open(path, "rb") as f:
+      return _PlainUnpickler(f, fix_imports=True, encoding="utf-8").load()
+  except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError,
+          IndexError, KeyError) as e:
+    raise RawDataError(f"{path}: cannot read the pickle: {e}") from None
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,8 +11,11 @@ its masks there are empty). Id maps paint objects in order, later ones on top; A
 masks are whole (amodal) shapes, so they overlap where objects meet.
 
 `write(dataset, root, ...)` writes one layout (ytvos, davis, a2d, jhmdb, refcoco; see each
-reader's module docstring); davis also writes the DAVIS tree under <root>/DAVIS. The same
-arguments give byte-identical files.
+reader's module docstring). Where a reader's layout is made from a release by a conversion
+(ReferFormer's for Ref-DAVIS17 and RefCOCO, MTTR's for A2D-Sentences), the release's files
+are written too, in their owners' layout (see data_pipelines/prepare/), both from the scenes.
+The same arguments give the same files: byte-identical (an A2D mp4 is lossless, so its
+decoded frames are the same even should libx264 code them differently, see `_mp4`).
 
 CLI: python -m data_pipelines.synthetic --dataset NAME --out DIR [--num_videos N]
   [--num_frames T] [--height H] [--width W] [--seed S]
@@ -23,6 +26,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 
 import av
 import h5py
@@ -236,7 +240,13 @@ def _davis_texts(obj: SceneObject) -> list[str]:
   """annot1 first-frame, annot1 full-video, annot2 first-frame, annot2 full-video."""
   where = f" on the {obj.side}" if obj.side else ""
   return [f"{obj.name}{where}", f"{obj.name} {obj.motion}", f"a {obj.colour} {obj.shape}{where}",
-          f"a {obj.colour} {obj.shape} that is {obj.motion}"]
+          f"a {obj.colour} {obj.shape} that is {obj.motion}, déjà vu"]
+
+
+# The four Ref-DAVIS17 annotator files, in the order of _davis_texts, with their encodings.
+_DAVIS_TEXT_FILES = (("Davis17_annot1.txt", "utf-8"), ("Davis17_annot1_full_video.txt", "utf-8"),
+                     ("Davis17_annot2.txt", "latin-1"),
+                     ("Davis17_annot2_full_video.txt", "latin-1"))
 
 
 def _with_void(ids: np.ndarray) -> np.ndarray:
@@ -252,9 +262,16 @@ def _with_void(ids: np.ndarray) -> np.ndarray:
 
 def _write_davis(root: str, rng: np.random.Generator, num_videos: int, num_frames: int,
                  size: tuple[int, int]) -> None:
-  """Ref-DAVIS17 converted layout in root, and the DAVIS tree it came from in root/DAVIS."""
+  """Ref-DAVIS17: the releases (the DAVIS tree in root/DAVIS, the four annotator files in
+  root/davis_text_annotations) and ReferFormer's conversion of them in root.
+
+  In the annotator files, a video's objects are listed in a random order, and the
+  full-video files put two spaces before the quoted expression (the conversion makes runs of
+  spaces one).
+  """
   davis = os.path.join(root, "DAVIS")
   semantics = {}
+  text_lines = [[] for _ in _DAVIS_TEXT_FILES]
   for split, image_set in (("train", "train"), ("valid", "val")):
     videos, objects = {}, {}
     for index in range(num_videos):
@@ -274,22 +291,35 @@ def _write_davis(root: str, rng: np.random.Generator, num_videos: int, num_frame
       objects[seq] = {"objects": {str(k + 1): {"category": obj.shape}
                                   for k, obj in enumerate(scene.objects)}}
       semantics[seq] = {str(k + 1): obj.shape for k, obj in enumerate(scene.objects)}
+      for k in rng.permutation(len(scene.objects)):
+        for n, text in enumerate(_davis_texts(scene.objects[k])):
+          text_lines[n].append(f"{seq} {k + 1}{'  ' if n % 2 else ' '}\"{text}\"")
     _put_json(os.path.join(root, split, "meta.json"), {"videos": objects})
     _put_json(os.path.join(root, "meta_expressions", split, "meta_expressions.json"),
               {"videos": videos})
     _put(os.path.join(davis, "ImageSets", "2017", f"{image_set}.txt"),
          "".join(f"{seq}\n" for seq in videos).encode("utf-8"))
   _put_json(os.path.join(davis, "davis_semantics.json"), semantics)
+  for (name, encoding), lines in zip(_DAVIS_TEXT_FILES, text_lines):
+    _put(os.path.join(root, "davis_text_annotations", name),
+         "".join(f"{line}\n" for line in lines).encode(encoding))
 
 
 def _mp4(frames: list[np.ndarray]) -> bytes:
-  """H.264 (libx264, yuv420p, 24 fps, one thread so that the bytes are reproducible)."""
+  """Lossless H.264 (libx264 at constant qp 0, yuv420p, 24 fps, one thread).
+
+  At libx264's default rate control (CRF with macroblock-tree, x264 encoder/slicetype.c),
+  these tiny clips came out with different bytes, and different decoded frames, in several
+  of 60 calls per clip once the process had encoded and decoded other clips; with the
+  macroblock-tree off, or at a constant qp, all 160 calls per clip gave the same bytes.
+  Lossless also makes the decoded frames the yuv420p frames whatever the encoder decides.
+  """
   h, w = frames[0].shape[:2]
   if h % 2 or w % 2:
     raise ValueError(f"a2d: H.264 needs an even frame size, got {(h, w)}")
   buffer = io.BytesIO()
   with av.open(buffer, mode="w", format="mp4") as container:
-    stream = container.add_stream("libx264", rate=24)
+    stream = container.add_stream("libx264", rate=24, options={"qp": "0"})
     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
     stream.codec_context.thread_count = 1
     for frame in frames:
@@ -298,52 +328,145 @@ def _mp4(frames: list[np.ndarray]) -> bytes:
   return buffer.getvalue()
 
 
+def _a2d_box(mask: np.ndarray) -> list[float]:
+  """x1, y1, x2, y2 around a mask with A2D's fractional edges (x2, y2 past the last pixel)."""
+  ys, xs = np.nonzero(mask)
+  if not len(xs):
+    return [0.0, 0.0, 0.0, 0.0]
+  return [float(xs.min()) + 0.08, float(ys.min()) - 0.18, float(xs.max()) + 1.0,
+          float(ys.max()) + 1.18]
+
+
 def _a2d_h5(path: str, instance_ids: list[int], masks: list[np.ndarray],
             codes: list[int]) -> None:
-  """One annotated frame as A2D stores it: masks transposed, (W, H) when there is one."""
+  """One annotated frame in A2D-Sentences' MATLAB layout.
+
+  reMask (N, W, H), or (W, H) when N = 1; reBBox (4, N); `instance` (N, 1) and `id` (1, N)
+  float64, as MATLAB stores a row vector and a column vector.
+  """
   remask = np.stack([m.T for m in masks]).astype(np.uint8)
-  boxes = []
-  for m in masks:
-    ys, xs = np.nonzero(m)
-    boxes.append([xs.min(), ys.min(), xs.max(), ys.max()] if len(xs) else [0, 0, 0, 0])
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with h5py.File(path, "w", track_order=True) as f:
     f.create_dataset("reMask", data=remask[0] if len(masks) == 1 else remask)
-    f.create_dataset("reBBox", data=np.asarray(boxes, np.float64).T)
-    f.create_dataset("instance", data=np.asarray(instance_ids, np.float64))
+    f.create_dataset("reBBox", data=np.asarray([_a2d_box(m) for m in masks], np.float64).T)
+    f.create_dataset("instance", data=np.asarray(instance_ids, np.float64)[:, np.newaxis])
     f.create_dataset("id", data=np.asarray([codes], np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
+class _A2dVideo:
+  """One synthetic A2D clip: its scene, instance id and sentence per object, usage (0 train,
+  1 test) and annotated frames (0-based)."""
+  video_id: str
+  scene: Scene
+  instance_ids: tuple[int, ...]
+  queries: tuple[str, ...]
+  usage: int
+  annotated: tuple[int, ...]
+
+
+def _a2d_query(obj: SceneObject, k: int) -> str:
+  """A sentence with the release's quirks: a capital, a leading or trailing space, two spaces."""
+  text = obj.expressions()[0]
+  return (text[0].upper() + text[1:], f" {text}", text.replace(" ", "  ", 1) + " ")[k % 3]
 
 
 def _write_a2d(root: str, rng: np.random.Generator, num_videos: int, num_frames: int,
                size: tuple[int, int]) -> None:
-  """A2D-Sentences: mp4 clips, per-frame h5 instance masks, MTTR sample lists.
+  """A2D-Sentences: the release (mp4 clips, per-frame .h5 instance masks, videoset.csv,
+  a2d_annotation.txt, a2d_missed_videos.txt) and MTTR's files made from it (sample lists,
+  test COCO ground truth), each written from the scenes.
 
-  Videos alternate 2 and 3 objects; instance ids are a permutation of 0..N-1 (0 included).
-  Two frames are annotated: the meeting frame (instances overlap) and the last one; an
-  instance absent from a frame is not in that frame's h5, and has no sample there.
+  Videos alternate 2 and 3 objects; instance ids are distinct draws from 0..11 that include
+  0 (so they have gaps, and "10" sorts before "2"); each instance has one sentence. The first
+  train video also has a `1 (copy)` row, and each split one more video that is only listed as
+  missed. Two frames are annotated: the meeting frame (instances overlap) and the last one;
+  an instance absent from a frame is not in that frame's .h5, and has no sample there.
   """
-  for split in ("train", "test"):
-    samples = []
+  videos, missed = [], []
+  for usage in (0, 1):
     for index in range(num_videos):
       vid = _video_id(rng, 11)
       # With 2 objects, the last annotated frame holds a single instance, stored (W, H).
       scene = _new_scene(rng, num_frames, size, num_objects=2 + index % 2)
       _put(os.path.join(root, "Release", "CLIPS320", f"{vid}.mp4"),
            _mp4([scene.frame(t) for t in range(num_frames)]))
-      instance_ids = [int(i) for i in rng.permutation(len(scene.objects))]
-      annotated = sorted({num_frames // 2, num_frames - 1})
-      for t in annotated:
+      others = rng.choice(np.arange(1, 12), size=len(scene.objects) - 1, replace=False)
+      instance_ids = tuple(int(i) for i in rng.permutation([0, *others]))
+      video = _A2dVideo(vid, scene, instance_ids,
+                        tuple(_a2d_query(obj, k) for k, obj in enumerate(scene.objects)),
+                        usage, tuple(sorted({num_frames // 2, num_frames - 1})))
+      for t in video.annotated:
         present = [k for k, obj in enumerate(scene.objects) if obj.present[t]]
         _a2d_h5(os.path.join(root, "text_annotations", "a2d_annotation_with_instances", vid,
                              f"{t + 1:05d}.h5"),
                 [instance_ids[k] for k in present],
                 [scene.objects[k].mask(t, size) for k in present],
                 [11 + 10 * k for k in present])
-        for k in present:
-          for text in scene.objects[k].expressions():
-            samples.append([text, vid, t + 1, instance_ids[k]])
+      videos.append(video)
+    missed.append((_video_id(rng, 11), usage))
+  _write_a2d_release(root, videos, missed, num_frames, size)
+  _write_a2d_mttr(root, videos, size)
+
+
+def _a2d_rows(videos: list[_A2dVideo]) -> list[tuple[str, str, str]]:
+  """a2d_annotation.txt's rows (video, instance id, query), sorted as the release sorts them."""
+  rows = [(v.video_id, str(i), q) for v in videos for i, q in zip(v.instance_ids, v.queries)]
+  first_train = next(v for v in videos if v.usage == 0)
+  rows.append((first_train.video_id, "1 (copy)", "a sentence copied by mistake"))
+  return sorted(rows, key=lambda row: (row[0].encode(), row[1].encode()))
+
+
+def _write_a2d_release(root: str, videos: list[_A2dVideo], missed: list[tuple[str, int]],
+                       num_frames: int, size: tuple[int, int]) -> None:
+  """Release/videoset.csv (no header), a2d_annotation.txt, a2d_missed_videos.txt.
+
+  missed: (video id, usage) of the videos without sentences.
+  """
+  listed = sorted([(v.video_id, len(v.annotated), v.usage) for v in videos]
+                  + [(vid, 1, usage) for vid, usage in missed], key=lambda v: v[0].encode())
+  _put(os.path.join(root, "Release", "videoset.csv"), "".join(
+      f"{vid},11,00:00:00,00:00:01,{size[0]},{size[1]},{num_frames},{annotated},{usage}\n"
+      for vid, annotated, usage in listed).encode())
+  _put(os.path.join(root, "text_annotations", "a2d_annotation.txt"), "".join(
+      f"{vid},{instance},{query}\n"
+      for vid, instance, query in [("video_id", "instance_id", "query")] + _a2d_rows(videos)
+  ).encode())
+  _put(os.path.join(root, "text_annotations", "a2d_missed_videos.txt"),
+       "\n".join(sorted(vid for vid, _ in missed)).encode())
+
+
+def _write_a2d_mttr(root: str, videos: list[_A2dVideo], size: tuple[int, int]) -> None:
+  """MTTR's sample lists and test COCO ground truth, from the scenes."""
+  by_id = {v.video_id: v for v in videos}
+  samples = {0: [], 1: []}
+  images, annotations = [], []
+  for vid, instance, query in _a2d_rows(videos):
+    if not instance.isdigit():
+      continue
+    video = by_id[vid]
+    obj = video.scene.objects[video.instance_ids.index(int(instance))]
+    for t in video.annotated:
+      if not obj.present[t]:
+        continue
+      samples[video.usage].append([query.lower(), vid, t + 1, int(instance)])
+      if video.usage:
+        mask = obj.mask(t, size)
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        x1, y1, x2, y2 = _a2d_box(mask)
+        key = f"v_{vid}_f_{t + 1}_i_{instance}"
+        images.append({"id": key, "height": size[0], "width": size[1]})
+        annotations.append({"id": len(annotations) + 1, "image_id": key, "category_id": 1,
+                            "segmentation": {"size": list(rle["size"]),
+                                             "counts": rle["counts"].decode("ascii")},
+                            "area": float(mask.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "iscrowd": 0})
+  for usage, split in ((0, "train"), (1, "test")):
     _put_json(os.path.join(root, f"a2d_sentences_single_frame_{split}_annotations.json"),
-              samples)
+              samples[usage])
+  _put_json(os.path.join(root, "a2d_sentences_test_annotations_in_coco_format.json"),
+            {"categories": [{"id": 1, "name": "dummy_class"}], "images": images,
+             "annotations": annotations})
 
 
 def _mat(variables: dict[str, np.ndarray]) -> bytes:
@@ -404,53 +527,96 @@ def _refcoco_texts(obj: SceneObject, width: int) -> list[str]:
   return [obj.name, f"{obj.name} {where}"]
 
 
+# REFER's (dataset folder, split_by, splits), and whether ReferFormer converts that split_by.
+_REFER_SPLITS = (("refcoco", "unc", ("train", "val", "testA", "testB"), True),
+                 ("refcoco+", "unc", ("train", "val", "testA", "testB"), True),
+                 ("refcocog", "umd", ("train", "val", "test"), True),
+                 ("refcocog", "google", ("train", "val"), False))
+
+
 def _write_refcoco(root: str, rng: np.random.Generator, num_videos: int, num_frames: int,
                    size: tuple[int, int]) -> None:
-  """RefCOCO/+/g: COCO JPEGs, and per subset and split the converted annotation file.
+  """RefCOCO/+/g: COCO JPEGs, the REFER release (refs(<split_by>).p, instances.json) and
+  ReferFormer's conversion of its unc / umd splits (instances_<ds>_<split>.json).
 
-  One image entry and annotation per (object, sentence); object 2 is stored as compressed
-  RLE, the others as polygons. The first half of the images are train, the rest val, in
-  every subset.
+  Every image holds 3 objects, each referred to by one ref of 2 sentences; object 2's mask is
+  compressed RLE, the others' polygons. Refs take the splits in turn (shifted per split_by).
+  The refs are pickled with protocol 2, as REFER's Python 2 pickles are.
   """
   del num_frames  # Images.
   h, w = size
-  split_of = {}
-  images = []
+  coco_images, coco_annotations, scenes = [], [], []
   for index in range(num_videos):
     scene = _new_scene(rng, 1, size, num_objects=len(SHAPES))
     image = scene.background.copy()
-    segmentations = []
+    coco_id = 1000 + index
     for k, obj in enumerate(scene.objects):
       rle = mask_utils.merge(mask_utils.frPyObjects([_polygon(obj)], h, w))
       image[mask_utils.decode(rle) > 0] = COLOURS[obj.colour]
-      if k == 2:
-        segmentations.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
-      else:
-        segmentations.append([_polygon(obj)])
-    coco_id = 1000 + index
+      segmentation = ({"size": [h, w], "counts": rle["counts"].decode("ascii")} if k == 2
+                      else [_polygon(obj)])
+      coco_annotations.append({
+          "segmentation": segmentation, "area": float(mask_utils.area(rle)), "iscrowd": 0,
+          "image_id": coco_id, "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+          "category_id": SHAPES.index(obj.shape) + 1, "id": 100 * coco_id + k})
     file_name = f"COCO_train2014_{coco_id:012d}.jpg"
     _put(os.path.join(root, "coco", "train2014", file_name), _encode(image, "JPEG"))
-    images.append((coco_id, file_name, scene, segmentations))
-    split_of[coco_id] = "train" if index < (num_videos + 1) // 2 else "val"
-  for subset in ("refcoco", "refcoco+", "refcocog"):
-    for split in ("train", "val"):
-      entries, annotations = [], []
-      for coco_id, file_name, scene, segmentations in images:
-        if split_of[coco_id] != split:
-          continue
-        for k, obj in enumerate(scene.objects):
-          for text in _refcoco_texts(obj, w):
-            entry_id = len(entries) + 1
-            entries.append({"file_name": file_name, "height": h, "width": w,
-                            "original_id": coco_id, "id": entry_id, "caption": text,
-                            "dataset_name": subset})
-            annotations.append({"segmentation": segmentations[k], "area": 0.0, "iscrowd": 0,
-                                "bbox": [0, 0, 0, 0], "image_id": entry_id,
-                                "category_id": SHAPES.index(obj.shape) + 1, "id": entry_id,
-                                "original_id": 100 * coco_id + k})
-      _put_json(os.path.join(root, "coco", subset, f"instances_{subset}_{split}.json"),
-                {"info": {}, "licenses": [], "images": entries, "annotations": annotations,
-                 "categories": [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]})
+    coco_images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": h,
+                        "width": w, "date_captured": "", "flickr_url": "", "id": coco_id})
+    scenes.append(scene)
+  instances = {"info": {}, "images": coco_images, "licenses": [],
+               "annotations": coco_annotations,
+               "categories": [{"supercategory": "shape", "id": i + 1, "name": s}
+                              for i, s in enumerate(SHAPES)]}
+  for shift, (folder, split_by, splits, converted) in enumerate(_REFER_SPLITS):
+    refs = _refer_refs(coco_images, coco_annotations, scenes, splits, shift, w)
+    _put_json(os.path.join(root, "coco", folder, "instances.json"), instances)
+    _put(os.path.join(root, "coco", folder, f"refs({split_by}).p"),
+         pickle.dumps(refs, protocol=2))
+    for split in splits if converted else ():
+      _put_json(os.path.join(root, "coco", folder, f"instances_{folder}_{split}.json"),
+                _referformer_split(instances, refs, folder, split))
+
+
+def _refer_refs(images: list[dict], annotations: list[dict], scenes: list[Scene],
+                splits: tuple[str, ...], shift: int, width: int) -> list[dict]:
+  """REFER refs: one per annotation, ids and sentence ids numbered from 0."""
+  by_id = {image["id"]: (image, scene) for image, scene in zip(images, scenes)}
+  refs = []
+  for annotation in annotations:
+    image, scene = by_id[annotation["image_id"]]
+    obj = scene.objects[annotation["id"] % 100]
+    sentences = [{"tokens": text.split(), "raw": text.upper(),
+                  "sent_id": 2 * len(refs) + n, "sent": text}
+                 for n, text in enumerate(_refcoco_texts(obj, width))]
+    refs.append({"sent_ids": [s["sent_id"] for s in sentences],
+                 "file_name": f"{image['file_name'][:-4]}_{annotation['id']}.jpg",
+                 "ann_id": annotation["id"], "ref_id": len(refs),
+                 "image_id": image["id"], "split": splits[(len(refs) + shift) % len(splits)],
+                 "sentences": sentences, "category_id": annotation["category_id"]})
+  return refs
+
+
+def _referformer_split(instances: dict, refs: list[dict], dataset: str, split: str) -> dict:
+  """ReferFormer's conversion of one split: an image entry and annotation per sentence."""
+  images = {image["id"]: image for image in instances["images"]}
+  annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+  entries, entry_annotations = [], []
+  for ref in refs:
+    if ref["split"] != split:
+      continue
+    image, annotation = images[ref["image_id"]], annotations[ref["ann_id"]]
+    for sentence in ref["sentences"]:
+      k = len(entries) + 1
+      entries.append({"file_name": image["file_name"], "height": image["height"],
+                      "width": image["width"], "original_id": image["id"], "id": k,
+                      "caption": sentence["sent"], "dataset_name": dataset})
+      entry_annotations.append({
+          "segmentation": annotation["segmentation"], "area": annotation["area"],
+          "iscrowd": annotation["iscrowd"], "bbox": annotation["bbox"], "image_id": k,
+          "category_id": annotation["category_id"], "id": k, "original_id": annotation["id"]})
+  return {"info": instances["info"], "licenses": instances["licenses"], "images": entries,
+          "annotations": entry_annotations, "categories": instances["categories"]}
 
 
 _WRITERS = {
@@ -467,7 +633,7 @@ def write(dataset: str, root: str, *, num_videos: int = 2, num_frames: int = 6,
   """Writes a synthetic `dataset` ("ytvos", "davis", "a2d", "jhmdb", "refcoco") under root.
 
   num_videos: videos (RefCOCO: images) per split; num_frames: frames per video;
-  size: (H, W) of every frame; seed: the same seed gives byte-identical files.
+  size: (H, W) of every frame; seed: the same seed gives the same files.
   """
   if dataset not in _WRITERS:
     raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")

@@ -1,11 +1,13 @@
 """Reader of Ref-YouTube-VOS, and of the YTVOS-style layout Ref-DAVIS17 is converted to.
 
-Layout (metrics.md §4.1):
+Layout (the Ref-YouTube-VOS competition release, as ReferFormer's datasets/ytvos.py reads it):
   <root>/{train,valid}/JPEGImages/<vid>/<frame>.jpg
   <root>/train/Annotations/<vid>/<frame>.png   palette PNG, palette index = object id
   <root>/{train,valid}/meta.json               {"videos": {vid: {"objects": {id: {"category"}}}}}
   <root>/meta_expressions/{train,valid,test}/meta_expressions.json
       {"videos": {vid: {"expressions": {exp_id: {"exp", "obj_id"}}, "frames": [...]}}}
+      (valid and test expressions have no "obj_id"; URVOS's original per-object files,
+      {"videos": {vid: {"objects": ...}}}, are another layout and are refused)
 
 Splits: "train"; "valid" = the videos of meta_expressions/valid minus those of
 meta_expressions/test (the 202 validation videos of the 507 the release lists); "test" =
@@ -81,6 +83,10 @@ def read_layout_video(dataset: str, root: str, split: str, video_id: str, *,
   entry = layout_videos(root, split).get(video_id)
   if not isinstance(entry, dict):
     raise raw_io.RawDataError(f"{exp_path}: no video {video_id!r}")
+  if "expressions" not in entry and "objects" in entry:
+    raise raw_io.RawDataError(
+        f"{exp_path}: {where} lists 'objects', not 'expressions' and 'frames': this is URVOS's "
+        f"original per-object layout; the competition release's meta_expressions is expected")
   frame_names = entry.get("frames")
   if not isinstance(frame_names, list) or not frame_names:
     raise raw_io.RawDataError(f"{exp_path}: {where} lists no frames")

@@ -6,9 +6,12 @@ polygons (pycocotools' COCO.annToMask), expressions and ids from the JSON files.
 """
 
 import collections
+import glob
 import io
 import json
 import os
+import pickle
+import re
 import shutil
 
 import av
@@ -297,12 +300,28 @@ def test_jhmdb_matches_raw_files(roots):
 # RefCOCO/+/g -------------------------------------------------------------------------------
 
 
-def test_refcoco_matches_raw_files(roots):
+# (dataset folder, split_by) of each RefCOCO partition, as REFER's README names them.
+_REFER = {"refcoco": ("refcoco", "unc"), "refcoco+": ("refcoco+", "unc"),
+          "refcocog": ("refcocog", "umd"), "refcocog_google": ("refcocog", "google")}
+
+
+def _without_converted_files(root):
+  """Removes ReferFormer's instances_<ds>_<split>.json, leaving the REFER release."""
+  for path in glob.glob(os.path.join(root, "coco", "*", "instances_*.json")):
+    os.remove(path)
+  return root
+
+
+def test_refcoco_converted_files_match_raw_files(roots):
   root = roots["refcoco"]
   seen_rle = False
   for split in refcoco.SPLITS:
-    subset, name = split.split("/")
-    coco = COCO(os.path.join(root, "coco", subset, f"instances_{subset}_{name}.json"))
+    partition, name = split.split("/")
+    path = os.path.join(root, "coco", _REFER[partition][0], f"instances_{partition}_{name}.json")
+    if partition == "refcocog_google":  # ReferFormer converts UMD's split only.
+      assert not os.path.exists(path)
+      continue
+    coco = COCO(path)
     assert refcoco.list_videos(root, split) == sorted(str(i) for i in coco.getImgIds())
     for record in _read_all(refcoco, root, split):
       image = coco.loadImgs(int(record.video_id))[0]
@@ -317,6 +336,56 @@ def test_refcoco_matches_raw_files(roots):
           (record.video_id, image["caption"], (1,))]
       assert record.meta["coco_image_id"] == str(image["original_id"])
   assert seen_rle
+
+
+def test_refcoco_refer_release_matches_raw_files(copy_of, roots):
+  """Without ReferFormer's files the reader joins the refs pickle and instances.json."""
+  root = _without_converted_files(copy_of("refcoco"))
+  for split in refcoco.SPLITS:
+    partition, name = split.split("/")
+    folder, split_by = _REFER[partition]
+    with open(os.path.join(root, "coco", folder, f"refs({split_by}).p"), "rb") as f:
+      refs = pickle.load(f)  # Our own synthetic file.
+    coco = COCO(os.path.join(root, "coco", folder, "instances.json"))
+    expected = [(sentence, ref) for ref in refs if ref["split"] == name
+                for sentence in ref["sentences"]]
+    records = _read_all(refcoco, root, split)
+    assert [r.video_id for r in records] == sorted(str(k) for k in range(1, len(expected) + 1))
+    records.sort(key=lambda r: int(r.video_id))
+    for record, (sentence, ref) in zip(records, expected):
+      annotation = coco.loadAnns(ref["ann_id"])[0]
+      image = coco.loadImgs(annotation["image_id"])[0]
+      assert ref["file_name"] != image["file_name"]  # A ref's file_name names no file.
+      _check_frames_are_files(record, [os.path.join(root, "coco/train2014",
+                                                    image["file_name"])])
+      (mask,) = record.masks
+      assert np.array_equal(raw_io.decode_id_map(mask), coco.annToMask(annotation))
+      assert record.expressions[0].text == sentence["sent"] != sentence["raw"]
+      assert record.meta == {"coco_image_id": str(image["id"]),
+                             "coco_ann_id": str(ref["ann_id"]),
+                             "category_id": str(annotation["category_id"])}
+    if partition != "refcocog_google":
+      assert records == sorted(_read_all(refcoco, roots["refcoco"], split),
+                               key=lambda r: int(r.video_id))
+
+
+def test_refcoco_splits_match_exactly(copy_of):
+  """REFER's getRefIds matches split names as substrings; the reader does not."""
+  root = _without_converted_files(copy_of("refcoco"))
+  path = os.path.join(root, "coco", "refcoco", "refs(unc).p")
+  with open(path, "rb") as f:
+    refs = pickle.load(f)
+  counts = {split: len(refcoco.list_videos(root, f"refcoco/{split}"))
+            for split in ("train", "testA")}
+  moved = next(ref for ref in refs if ref["split"] == "train")
+  moved["split"] = "testAB"  # getRefIds(split="testA") would take it ("A" in "testAB").
+  with open(path, "wb") as f:
+    pickle.dump(refs, f, protocol=2)
+  assert counts["testA"] == 2  # One ref of 2 sentences.
+  assert len(refcoco.list_videos(root, "refcoco/testA")) == counts["testA"]
+  assert len(refcoco.list_videos(root, "refcoco/train")) == counts["train"] - 2
+  with pytest.raises(ValueError, match="unknown split 'refcoco/test'"):
+    refcoco.list_videos(root, "refcoco/test")
 
 
 # Registry, CLI, determinism ----------------------------------------------------------------
@@ -341,6 +410,13 @@ def _tree_bytes(root):
   return result
 
 
+def _tree_content(root):
+  """Every file's bytes, but an mp4's decoded frames: libx264 may code the same lossless
+  frames differently from call to call (data_pipelines/synthetic.py _mp4)."""
+  return {path: [f.tobytes() for f in _decode_mp4(os.path.join(root, path))]
+          if path.endswith(".mp4") else data for path, data in _tree_bytes(root).items()}
+
+
 @pytest.mark.parametrize("dataset", synthetic.DATASETS)
 def test_synthetic_is_reproducible(roots, tmp_path, dataset):
   synthetic.main(["--dataset", dataset, "--out", str(tmp_path / "same"),
@@ -348,9 +424,9 @@ def test_synthetic_is_reproducible(roots, tmp_path, dataset):
                   "--height", str(SIZE[0]), "--width", str(SIZE[1])])
   synthetic.write(dataset, str(tmp_path / "other"), num_videos=NUM_VIDEOS,
                   num_frames=NUM_FRAMES, size=SIZE, seed=1)
-  reference = _tree_bytes(roots[dataset])
-  assert _tree_bytes(str(tmp_path / "same")) == reference
-  assert _tree_bytes(str(tmp_path / "other")) != reference
+  reference = _tree_content(roots[dataset])
+  assert _tree_content(str(tmp_path / "same")) == reference
+  assert _tree_content(str(tmp_path / "other")) != reference
 
 
 # Bad input ---------------------------------------------------------------------------------
@@ -458,3 +534,25 @@ def test_corrupt_mat_and_refcoco_missing_image(copy_of):
   os.remove(os.path.join(root, image))
   with pytest.raises(raw_io.RawDataError, match="missing file .*COCO_train2014"):
     refcoco.read_video(root, "refcocog/train", image_id)
+
+
+def test_missing_release_files_name_their_source(tmp_path):
+  root = str(tmp_path)
+  cases = [
+      (lambda: a2d.list_videos(root, "train"),
+       f"missing file {a2d.samples_path(root, 'train')}: MTTR's sample list; derive it from the "
+       f"official A2D-Sentences release with `python -m data_pipelines.prepare --dataset a2d"),
+      (lambda: davis.list_videos(root, "valid"),
+       f"{ytvos.meta_expressions_path(root, 'valid')}: convert the DAVIS 2017 and Ref-DAVIS17 "
+       f"releases with `python -m data_pipelines.prepare --dataset davis"),
+      (lambda: jhmdb.list_videos(root, "test"),
+       f"{os.path.join(root, jhmdb.METADATA)}: JHMDB-Sentences is read with MTTR's fixed "
+       f"sample list; download datasets/jhmdb_sentences/{jhmdb.METADATA} from "
+       f"github.com/mttr2021/MTTR"),
+      (lambda: refcoco.list_videos(root, "refcoco+/val"),
+       f"refcoco+/val: neither ReferFormer's {refcoco.converted_path(root, 'refcoco+/val')} nor "
+       f"the REFER release's {os.path.join(root, 'coco', 'refcoco+', 'refs(unc).p')} and"),
+  ]
+  for call, message in cases:
+    with pytest.raises(raw_io.RawDataError, match=re.escape(message)):
+      call()
