@@ -27,6 +27,7 @@ import io
 import json
 import os
 import pickle
+import sys
 
 import av
 import h5py
@@ -34,6 +35,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from vdit_jax import errors
 
 DATASETS = ("ytvos", "davis", "a2d", "jhmdb", "refcoco")
 COLOURS = {
@@ -50,6 +53,10 @@ _VOID = 255
 # Palette colour of each id, black for the background; distinct for the few ids used.
 _PALETTE = [(i * step) % 256 for i in range(256) for step in (67, 151, 97)]
 _MAT_HEADER_TEXT = 116  # Bytes of descriptive text that open a MATLAB v5 file.
+
+
+class SyntheticError(errors.UserError, ValueError):
+  """Arguments the synthetic writers cannot honour."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +323,7 @@ def _mp4(frames: list[np.ndarray]) -> bytes:
   """
   h, w = frames[0].shape[:2]
   if h % 2 or w % 2:
-    raise ValueError(f"a2d: H.264 needs an even frame size, got {(h, w)}")
+    raise SyntheticError(f"a2d: H.264 needs an even frame size, got {(h, w)}")
   buffer = io.BytesIO()
   with av.open(buffer, mode="w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=24, options={"qp": "0"})
@@ -636,14 +643,16 @@ def write(dataset: str, root: str, *, num_videos: int = 2, num_frames: int = 6,
   size: (H, W) of every frame; seed: the same seed gives the same files.
   """
   if dataset not in _WRITERS:
-    raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")
+    raise SyntheticError(f"unknown dataset {dataset!r}; known: {DATASETS}")
   if num_videos < 1 or num_frames < 1:
-    raise ValueError(f"num_videos and num_frames must be >= 1, got {num_videos}, {num_frames}")
+    raise SyntheticError(f"num_videos and num_frames must be >= 1, got {num_videos}, "
+                         f"{num_frames}")
   rng = np.random.default_rng([seed, DATASETS.index(dataset)])
   _WRITERS[dataset](root, rng, num_videos, num_frames, tuple(size))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+  """Runs the command; returns the exit status (0 ok, 1 bad input, 2 usage)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--dataset", required=True, choices=DATASETS)
   parser.add_argument("--out", required=True, help="the dataset root to write")
@@ -652,10 +661,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--height", type=int, default=48)
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--verbose", action="store_true",
+                      help="show the traceback of input errors too")
   args = parser.parse_args(argv)
-  write(args.dataset, args.out, num_videos=args.num_videos, num_frames=args.num_frames,
-        size=(args.height, args.width), seed=args.seed)
+  return errors.run_command(lambda: write(
+      args.dataset, args.out, num_videos=args.num_videos, num_frames=args.num_frames,
+      size=(args.height, args.width), seed=args.seed), verbose=args.verbose)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -556,3 +556,8 @@ def test_missing_release_files_name_their_source(tmp_path):
   for call, message in cases:
     with pytest.raises(raw_io.RawDataError, match=re.escape(message)):
       call()
+
+
+def test_synthetic_bad_arguments_are_one_message(tmp_path, capsys):
+  assert synthetic.main(["--dataset", "a2d", "--out", str(tmp_path), "--height", "47"]) == 1
+  assert capsys.readouterr().err == "error: a2d: H.264 needs an even frame size, got (47, 64)\n"
