@@ -38,6 +38,14 @@ def test_cpu_options_keep_dots_in_library_fusions():
   assert "ynn_fusion" in compiled.as_text()
 
 
-def test_accelerators_get_no_cpu_options():
-  assert xla_options.for_backend("gpu") == xla_options.for_backend("tpu") == {}
-  assert xla_options.for_backend() == xla_options.for_backend(jax.default_backend())
+def test_default_backend_options_work_at_the_jit_boundary():
+  """The documented use, `jax.jit(fn, compiler_options=for_backend())`, on this CPU machine:
+  the convolution leaves YNNPACK and the jitted function still computes torch's result."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((1, 6, 7, 16)).astype(np.float32)
+  w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+  jitted = jax.jit(_conv, compiler_options=xla_options.for_backend())
+  assert "ynn_fusion" not in jitted.lower(x, w).compile().as_text()
+  ref = torch.nn.functional.conv2d(torch.from_numpy(x.transpose(0, 3, 1, 2)),
+                                   torch.from_numpy(w.transpose(3, 2, 0, 1)), padding=1)
+  parity.assert_close(jitted(x, w), ref.numpy().transpose(0, 2, 3, 1))
