@@ -38,7 +38,13 @@ TORCH_REQUIRES = [
     "safetensors",
 ]
 
-DEV_REQUIRES = TORCH_REQUIRES + ["pytest", "pytest-xdist", "pytest-timeout", "psutil"]
+# The datasets as TensorFlow Datasets builders (data_pipelines/tfds_builders.py; ArrayRecord,
+# no TensorFlow). tensorflow-datasets 4.9.10 imports importlib_resources without declaring it
+# (github.com/tensorflow/datasets/issues/11212).
+TFDS_REQUIRES = ["tensorflow-datasets>=4.9.10", "importlib_resources"]
+
+DEV_REQUIRES = TORCH_REQUIRES + TFDS_REQUIRES + ["pytest", "pytest-xdist", "pytest-timeout",
+                                                 "psutil"]
 
 setuptools.setup(
     name="vdit-jax",
@@ -50,6 +56,6 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["vdit_jax*", "data_pipelines*", "configs*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"torch": TORCH_REQUIRES, "dev": DEV_REQUIRES},
+    extras_require={"torch": TORCH_REQUIRES, "tfds": TFDS_REQUIRES, "dev": DEV_REQUIRES},
     license="Apache-2.0",
 )

@@ -287,9 +287,14 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
       dataset=dataset,
       raw_dir=raw_dir,
       shards_dir=f"data/shards/{dataset}",
-      # RefCOCO: the sub-datasets, each read from <shards_dir>/<subset>/<split>.
+      # The TFDS data dir of format "tfds" (python -m data_pipelines.build --format tfds).
+      tfds_dir="data/tfds",
+      # RefCOCO: the sub-datasets, each read from <shards_dir>/<subset>/<split> (TFDS: the
+      # builder config <subset>).
       subsets=(),
-      format="tfrecord",  # Or "array_record" (random access).
+      # "tfrecord", "array_record" (random access) or "tfds" (the TFDS dataset in tfds_dir:
+      # the same records, read through tfds.data_source).
+      format="tfrecord",
       # True: skip, count and log corrupt records, frames and masks instead of failing.
       skip_bad_records=False,
       # grain worker processes (0: decode in the calling process), and the batches each
@@ -317,6 +322,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   sizes only.
   """
   config.data.shards_dir = f"data/synthetic_shards/{config.data.dataset}"
+  config.data.tfds_dir = "data/synthetic_tfds"
   config.data.raw_dir = f"data/synthetic/{config.data.dataset}"
   config.data.worker_count = 0
   config.model.weights_dir = ""

@@ -1,12 +1,13 @@
-"""The grain train and eval pipelines over built shards (TFRecord or ArrayRecord).
+"""The grain train and eval pipelines over built shards (TFRecord, ArrayRecord or TFDS).
 
 `make_train_iter` and `make_eval_iter` compose the stages; each stage is built from its own
 part of the config, every field declared once, with its meaning, in configs/common.py
 (sub-dicts are the keyword arguments of the class named next to them):
 
   stage                              module        config
-  shards -> (record bytes, where)    sources       data.{shards_dir, subsets, format,
-                                                   cycle_length, skip_bad_records},
+  shards -> (record bytes, where)    sources       data.{shards_dir or tfds_dir,
+                                                   subsets, format, cycle_length,
+                                                   skip_bad_records},
                                                    seed; training: data.num_epochs
   record -> samples -> frame indices sampling      data.sampling (ClipSampling)
   samples shuffled in a window       here          data.shuffle_window
@@ -45,7 +46,6 @@ from data_pipelines import batching
 from data_pipelines import decoding
 from data_pipelines import eval_windows
 from data_pipelines import sampling
-from data_pipelines import shards
 from data_pipelines import sources
 from data_pipelines import train_clips
 from data_pipelines import transforms
@@ -56,10 +56,15 @@ def _records(config, split: str, process_index: int, process_count: int, shuffle
              num_epochs: int | None) -> tuple[grain.IterDataset, int | None]:
   """This process's (record bytes, where) of `split` (of every subset, for RefCOCO)."""
   data = config.data
-  if data.format not in shards.FORMATS:
+  if data.format not in sources.FORMATS:
     raise errors.ConfigError(f"config.data.format {data.format!r} is not one of "
-                             f"{shards.FORMATS}")
+                             f"{sources.FORMATS}")
   splits = tuple(f"{s}/{split}" for s in data.subsets) or (split,)
+  if data.format == "tfds":
+    source = sources.TfdsSource(data.tfds_dir, data.dataset, splits, process_index,
+                                process_count)
+    return sources.read_random_access(source, cycle_length=data.cycle_length, shuffle=shuffle,
+                                      seed=config.seed, num_epochs=num_epochs)
   paths = sources.shard_paths(data.shards_dir, splits, process_index, process_count)
   return sources.read_records(paths, format=data.format, cycle_length=data.cycle_length,
                               skip_bad=data.skip_bad_records, shuffle=shuffle,

@@ -185,8 +185,9 @@ def encode(record: raw.VideoRecord) -> bytes:
   return example.SerializeToString(deterministic=True)
 
 
-def _features(data: bytes, where: str) -> dict[str, list]:
-  """Parses an Example and checks every spec feature is there with its kind and length."""
+def parse(data: bytes, where: str) -> dict[str, list]:
+  """Parses an Example into {feature name: list of values}, checking that every spec feature
+  is there with its kind and length (the values themselves are checked by `decode`)."""
   try:
     example = example_pb2.Example.FromString(data)
   except Exception as e:  # protobuf raises its own DecodeError, not a ValueError
@@ -230,7 +231,7 @@ def _expressions(f: dict[str, list], where: str) -> tuple[raw.Expression, ...]:
 def decode(data: bytes, *, where: str = "") -> raw.VideoRecord:
   """Parses and validates a record written by `encode`; errors name `where`."""
   where = where or "record"
-  f = _features(data, where)
+  f = parse(data, where)
   if f["version"][0] != RECORD_VERSION:
     raise RecordError(f"{where}: record version {f['version'][0]}, this reader knows "
                       f"{RECORD_VERSION}")

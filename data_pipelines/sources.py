@@ -3,20 +3,25 @@
 `where` names a record for error messages: "<shard path> record <index>". TFRecord shards
 are streamed, a few at a time (`cycle_length`), interleaved, in a shard order shuffled per
 epoch; each shard's iterator checkpoints the number of records it has read. ArrayRecord
-shards are read by record index, shuffled globally per epoch, `cycle_length` records ahead.
-`Expand` decodes each record and turns it into the items a pipeline maps (training samples
-or evaluation windows).
+shards, and the ArrayRecord files of a TFDS dataset (`TfdsSource`, format "tfds"), are read
+by record index, shuffled globally per epoch, `cycle_length` records ahead. `Expand` decodes
+each record and turns it into the items a pipeline maps (training samples or evaluation
+windows).
 """
 
 import dataclasses
 from typing import Callable
 
 import grain
+import numpy as np
 
 from data_pipelines import bad_input
 from data_pipelines import raw
 from data_pipelines import records
 from data_pipelines import shards
+
+# config.data.format: the project's shards, or a TFDS dataset (tfds_builders.py).
+FORMATS = shards.FORMATS + ("tfds",)
 
 
 def shard_paths(shards_dir: str, splits: tuple[str, ...], process_index: int,
@@ -68,9 +73,50 @@ class TFRecordShard(grain.IterDataset):
     return _TFRecordShardIterator(self._path, self._skip_bad)
 
 
+class TfdsSource:
+  """Random access to this process's raw records of TFDS splits, in split and shard order
+  (grain data source; records.decode reads them).
+
+  The records of a TFDS shard stay together, and shards go to processes as
+  `shards.process_shards` deals out shard files: a TFDS dataset and the project's shards
+  built with the same --num_shards give every process the same records in the same order.
+
+  Args:
+    data_dir: the TFDS data dir (config.data.tfds_dir).
+    dataset, splits: the project's dataset name and the reader's names of its splits.
+    process_index, process_count: this process among the JAX processes.
+  """
+
+  def __init__(self, data_dir: str, dataset: str, splits: tuple[str, ...], process_index: int,
+               process_count: int):
+    from data_pipelines import tfds_builders  # Deferred: an optional extra.
+    self._sources, self._names, runs = [], [], []
+    for k, split in enumerate(splits):
+      name, tfds_split = tfds_builders.name_and_split(dataset, split)
+      self._sources.append(tfds_builders.raw_data_source(data_dir, dataset, split))
+      self._names.append(f"TFDS {name} split {tfds_split} in {data_dir}")
+      lengths = self._sources[-1].dataset_info.splits[tfds_split].shard_lengths
+      runs.extend((k, end - length, end) for length, end in zip(lengths, np.cumsum(lengths)))
+    mine = shards.process_shards(runs, process_index, process_count)
+    # (source, record) of each of this process's records.
+    self._records = np.array([(k, i) for k, start, end in mine for i in range(start, end)],
+                             np.int64).reshape(-1, 2)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> bytes:
+    source, record = self._records[index]
+    return self._sources[source][int(record)]
+
+  def where(self, index: int) -> str:
+    source, record = self._records[index]
+    return shards.location(self._names[source], int(record))
+
+
 @dataclasses.dataclass(frozen=True)
-class _ArrayRecordReader:
-  source: shards.ArrayRecordSource
+class _ReadRecord:
+  source: shards.ArrayRecordSource | TfdsSource
 
   def __call__(self, index: int) -> tuple[bytes, str]:
     return self.source[index], self.source.where(index)
@@ -82,6 +128,20 @@ class _OpenShard:
 
   def __call__(self, path: str) -> grain.IterDataset:
     return TFRecordShard(path, self.skip_bad)
+
+
+def read_random_access(source: shards.ArrayRecordSource | TfdsSource, *, cycle_length: int,
+                       shuffle: bool, seed: int, num_epochs: int | None
+                       ) -> tuple[grain.IterDataset, int | None]:
+  """(record bytes, where) of a random-access source, record order shuffled per epoch if
+  `shuffle`; the arguments and result as `read_records`'s."""
+  ds = grain.MapDataset.range(len(source))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  # Records are whole videos (MBs): read a few ahead, not grain's default 500.
+  read = grain.ReadOptions(num_threads=cycle_length, prefetch_buffer_size=cycle_length)
+  ds = ds.repeat(num_epochs).map(_ReadRecord(source)).to_iter_dataset(read)
+  return ds, None if num_epochs is None else len(source) * num_epochs
 
 
 def read_records(paths: list[str], *, format: str, cycle_length: int, skip_bad: bool,
@@ -101,23 +161,15 @@ def read_records(paths: list[str], *, format: str, cycle_length: int, skip_bad: 
     split between them, None if unbounded.
   """
   if format == "array_record":
-    source = shards.ArrayRecordSource(paths)
-    ds = grain.MapDataset.range(len(source))
-    if shuffle:
-      ds = ds.shuffle(seed=seed)
-    # Records are whole videos (MBs): read a few ahead, not grain's default 500.
-    read = grain.ReadOptions(num_threads=cycle_length, prefetch_buffer_size=cycle_length)
-    ds = ds.repeat(num_epochs).map(_ArrayRecordReader(source)).to_iter_dataset(read)
-    units = len(source)
-  else:
-    ds = grain.MapDataset.source(paths)
-    if shuffle:
-      ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(_OpenShard(skip_bad))
-    cycle = min(cycle_length, len(paths)) if shuffle else 1
-    ds = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle)
-    units = len(paths)
-  return ds, None if num_epochs is None else units * num_epochs
+    return read_random_access(shards.ArrayRecordSource(paths), cycle_length=cycle_length,
+                              shuffle=shuffle, seed=seed, num_epochs=num_epochs)
+  ds = grain.MapDataset.source(paths)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).map(_OpenShard(skip_bad))
+  cycle = min(cycle_length, len(paths)) if shuffle else 1
+  ds = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle)
+  return ds, None if num_epochs is None else len(paths) * num_epochs
 
 
 class Expand(grain.experimental.FlatMapTransform):

@@ -28,7 +28,8 @@ class Requirement:
 
 
 def shards(config: ml_collections.ConfigDict, split: str) -> list[Requirement]:
-  """The built shards of one split of the config's dataset (RefCOCO: one per subset)."""
+  """The built shards of one split of the config's dataset (RefCOCO: one per subset), or with
+  data.format "tfds" the TFDS dataset holding it."""
   data = config.data
   if data.raw_dir.startswith("data/synthetic/"):
     make_raw = (f"python -m data_pipelines.synthetic --dataset {data.dataset} "
@@ -36,11 +37,18 @@ def shards(config: ml_collections.ConfigDict, split: str) -> list[Requirement]:
   else:
     make_raw = ""
   splits = [f"{subset}/{split}" for subset in data.get("subsets", ())] or [split]
+  build = f"{make_raw}python -m data_pipelines.build --dataset {data.dataset} --raw {data.raw_dir}"
+  if data.format == "tfds":
+    from data_pipelines import tfds_builders  # Deferred: an optional extra.
+    names = [tfds_builders.name_and_split(data.dataset, name)[0] for name in splits]
+    return [Requirement(
+        what=f"{data.dataset} TFDS dataset {name}",
+        path=os.path.join(tfds_builders.dataset_dir(data.tfds_dir, name), "dataset_info.json"),
+        command=f"{build} --out {data.tfds_dir} --format tfds") for name in names]
   return [Requirement(
       what=f"{data.dataset} {name} shards",
       path=os.path.join(data.shards_dir, name, "dataset_info.json"),
-      command=(f"{make_raw}python -m data_pipelines.build --dataset {data.dataset} "
-               f"--raw {data.raw_dir} --split {name} --out {data.shards_dir}"))
+      command=f"{build} --split {name} --out {data.shards_dir}")
           for name in splits]
 
 
