@@ -70,8 +70,10 @@ def towers() -> ml_collections.ConfigDict:
 
 
 def extractor() -> ml_collections.ConfigDict:
-  """The diffusion feature extractor's own settings (VD-IT Text-To-Video-Finetuning/
-  train_itcross_pn.py FeatureExtractor); the pyramid's channels are `head.in_channels`."""
+  """The diffusion feature extractor's own settings, the keyword arguments of
+  vdit_jax.models.extractor.FeatureExtractor (VD-IT Text-To-Video-Finetuning/
+  train_itcross_pn.py FeatureExtractor); the pyramid's channels are `head.in_channels`, the
+  frames' statistics `data.mean` / `data.std`."""
   return ml_collections.ConfigDict(dict(
       # The original samples the VAE posterior (not its mean), in training and inference.
       sample_latents=True,

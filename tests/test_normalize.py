@@ -1,5 +1,6 @@
 """On-device normalisation vs the original's host path (torchvision ToTensor + Normalize, then
-the collate's zero padding) in torch, and a float64 hand computation."""
+the collate's zero padding) in torch, and a float64 hand computation; the backbone's [-1, 1]
+frames vs the original's de-normalisation in torch."""
 
 import jax
 import numpy as np
@@ -60,11 +61,35 @@ def test_matches_the_original_host_path(normalize_jit):
   assert np.all(out[1, :, :3, :6] != 0)
 
 
-def test_bad_shapes_are_named():
+def test_backbone_frames_are_the_originals_bit_for_bit():
+  """Every (8-bit value, channel) pair and a padded row through the original's float32
+  steps in torch: normalise, zero-pad, de-normalise, map to [-1, 1] (VD-IT
+  models/itcross_video_swin_transformer.py:717-719); equal bit for bit, so CLIP's int
+  truncation of (x + 1) * 127.5 agrees too. Padding carries the mean colour."""
+  frames = np.zeros((1, 1, 17, 16, 3), np.uint8)
+  frames[0, 0, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+  pad_mask = np.zeros((1, 17, 16), bool)
+  pad_mask[0, 16] = True
+  got = np.asarray(jax.jit(normalize.backbone_frames, static_argnums=(2, 3))(
+      frames, pad_mask, MEAN, STD))
+  mean = torch.tensor(MEAN).reshape(3, 1, 1)
+  std = torch.tensor(STD).reshape(3, 1, 1)
+  x = torch.from_numpy(frames[0, 0]).permute(2, 0, 1).float().div(255)
+  normalized = x.sub(mean).div(std).masked_fill(torch.from_numpy(pad_mask[0]), 0.0)
+  ref = ((normalized * std + mean) * 2 - 1).permute(1, 2, 0)
+  np.testing.assert_array_equal(got[0, 0], ref.numpy())
+  np.testing.assert_array_equal(((got[0, 0] + 1) * 127.5).astype(np.int32),
+                                ((ref + 1) * 127.5).to(torch.int).numpy())
+  np.testing.assert_allclose(got[0, 0, 16], np.tile(np.array(MEAN) * 2 - 1, (16, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("function", ["normalize_frames", "backbone_frames"])
+def test_bad_shapes_are_named(function):
   frames, pad_mask, _ = _batch()
-  with pytest.raises(ValueError, match=r"frames must be \(B, T, H, W, C\) uint8"):
-    normalize.normalize_frames(frames.astype(np.float32), pad_mask, MEAN, STD)
+  fn = getattr(normalize, function)
+  with pytest.raises(ValueError, match=function + r": frames must be \(B, T, H, W, C\) uint8"):
+    fn(frames.astype(np.float32), pad_mask, MEAN, STD)
   with pytest.raises(ValueError, match=r"pad_mask shape \(2, 8, 6\)"):
-    normalize.normalize_frames(frames, pad_mask.transpose(0, 2, 1), MEAN, STD)
+    fn(frames, pad_mask.transpose(0, 2, 1), MEAN, STD)
   with pytest.raises(ValueError, match="one value per channel"):
-    normalize.normalize_frames(frames, pad_mask, MEAN[:2], STD)
+    fn(frames, pad_mask, MEAN[:2], STD)

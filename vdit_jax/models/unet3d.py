@@ -89,6 +89,15 @@ class UNet3DConfig(DiffusersConfig):
                        f"accepts no per-block tuple), got {self.attention_head_dim!r}")
 
 
+def tap_channels(config: UNet3DConfig) -> dict[str, int]:
+  """The channels of each tap of `UNet3DConditionModel.features`, by name: transformer_in keeps
+  conv_in's width, down block i ends at block_out_channels[i] and up block i at the same list
+  reversed."""
+  chans = config.block_out_channels
+  return {"transformer_in": chans[0], **{f"down{i}": chans[i] for i in TAP_DOWN_BLOCKS},
+          **{f"up{i}": chans[::-1][i] for i in TAP_UP_BLOCKS}}
+
+
 def timestep_features(timesteps: jax.Array, dim: int) -> jax.Array:
   """diffusers Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0): (B,) -> (B, dim)."""
   half = dim // 2
