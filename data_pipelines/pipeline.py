@@ -26,9 +26,9 @@ every clip of the batch): the training example of train_clips, stacked, frames a
 padded to (H, W), plus pad_mask (B, H, W) bool, True on padding. Eval elements: one window
 of one (video, expression) with a batch axis of 1 (eval_windows).
 
-Frames are uint8 RGB, 0 on padding: the model normalises them on the device with
-config.data.mean / std (vdit_jax.models.normalize.normalize_frames, which also zeroes the
-padding in normalised space, as the original's collate does), a quarter of the bytes of
+Frames are uint8 RGB, 0 on padding: the model makes its inputs from them on the device with
+config.data.mean / std (vdit_jax.models.normalize.backbone_frames, which gives padding the
+value the original's collate and de-normalisation give it), a quarter of the bytes of
 float32 frames to make here and to copy to the device.
 
 Determinism: every random choice comes from grain's `random_map` generator, seeded from

@@ -4,9 +4,9 @@ The train and eval pipelines (data_pipelines/pipeline.py) hand over frames as ui
 zero padding and a `pad_mask`: a quarter of the bytes of float32 frames to make on the host
 and to copy to the device. The original's loader fed its model ToTensor (x / 255) then
 Normalize ((x - mean) / std) in float32, padded afterwards with zeros in normalised space by
-its collate (so padded pixels are 0 there, not (0 - mean) / std): `normalize_frames`. Its
-backbone then undid the normalisation and mapped the frames to [-1, 1] for the VAE and
-CLIP: `backbone_frames`, which reproduces those floats bit for bit.
+its collate (so padded pixels are 0 there, not (0 - mean) / std). Its backbone then undid
+the normalisation and mapped the frames to [-1, 1] for the VAE and CLIP, the only consumers
+of the frames: `backbone_frames` reproduces those floats bit for bit.
 """
 
 import functools
@@ -33,23 +33,6 @@ def _check(what: str, frames: jax.Array, pad_mask: jax.Array, mean, std) -> None
                      f"channel ({c})")
 
 
-def normalize_frames(frames: jax.Array, pad_mask: jax.Array, mean, std) -> jax.Array:
-  """The original model's input frames from the pipelines' uint8 frames; jit-able.
-
-  Args:
-    frames: (B, T, H, W, C) uint8 RGB, as the pipelines emit them.
-    pad_mask: (B, H, W) bool, True on padding.
-    mean, std: (C,) per-channel statistics of [0, 1] pixels (config.data.mean / std).
-
-  Returns:
-    (B, T, H, W, C) float32 (frames / 255 - mean) / std, 0 where pad_mask is True.
-  """
-  _check("normalize_frames", frames, pad_mask, mean, std)
-  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  x = (frames.astype(jnp.float32) / 255.0 - mean) / std
-  return jnp.where(pad_mask[:, None, :, :, None], 0.0, x)
-
-
 @functools.lru_cache(maxsize=None)
 def _backbone_values(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
   """(257, C) float32: row p the [-1, 1] value of 8-bit value p per channel, row 256 that of
@@ -65,7 +48,7 @@ def backbone_frames(frames: jax.Array, pad_mask: jax.Array, mean: Sequence[float
                     std: Sequence[float]) -> jax.Array:
   """The original's [-1, 1] frames, the input of the VAE and (truncated) of CLIP; jit-able.
 
-  The original de-normalises `normalize_frames`' output and maps it to [-1, 1] (VD-IT
+  The original de-normalises its ImageNet-normalised frames and maps them to [-1, 1] (VD-IT
   `models/itcross_video_swin_transformer.py:717-719`): padded pixels become the mean colour.
   CLIP's input truncates (x + 1) * 127.5 to an int, so the last bit of these floats decides
   whole 8-bit levels, and XLA evaluates the formula with other roundings (a division by a
