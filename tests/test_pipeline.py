@@ -433,7 +433,8 @@ def test_synthetic_raw_to_built_shards_to_batches(tmp_path):
   mean = np.array(config.data.mean)
   backbone = np.asarray(normalize.backbone_frames(window["frames"], window["pad_mask"],
                                                   config.data.mean, config.data.std))
-  np.testing.assert_allclose(backbone[0][:, window["pad_mask"][0]], mean * 2 - 1, atol=1e-6)
+  padded = backbone[0][:, window["pad_mask"][0]]
+  np.testing.assert_allclose(padded, np.broadcast_to(mean * 2 - 1, padded.shape), atol=1e-6)
   for t, name in enumerate(names[window["frame_valid"][0]]):
     path = os.path.join(raw_root, "valid", "JPEGImages", video, f"{name}.jpg")
     with Image.open(path) as image:
