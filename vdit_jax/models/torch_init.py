@@ -1,0 +1,15 @@
+"""PyTorch's default initialisers, for modules whose original leaves them in place."""
+
+import jax
+import jax.numpy as jnp
+
+
+def linear_default(fan_in: int):
+  """torch.nn.Linear's default for a weight or bias with `fan_in` inputs:
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5) for the weight)."""
+  bound = fan_in**-0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
