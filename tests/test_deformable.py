@@ -9,6 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.models.deformable import MSDeformAttn, ms_deform_attn
 from vdit_jax.models.multihead_attention import MultiheadAttention
@@ -22,7 +23,7 @@ SHAPES = ((5, 7), (3, 4), (2, 3))  # non-square levels, S = 53
 def _load(module: nnx.Module, torch_module: torch.nn.Module) -> nnx.Module:
   """The torch module's weights, through the project's converter with no renames."""
   items = ((k, v.detach().numpy()) for k, v in torch_module.state_dict().items())
-  return core.load_params(module, core.convert_tensors(items, core.target_shapes(module),
+  return core.load_params(module, core.convert_tensors(items, abstract_build.param_shapes(module),
                                                        core.Rules()))
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from flax import nnx
 
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.models import deformable_transformer as dt
 
@@ -24,7 +25,7 @@ RULES = core.Rules(renames=[(r"^transformer\.", "")],
 
 def _load(module, torch_module, prefix="", extra=()):
   items = [(prefix + k, v.detach().numpy()) for k, v in torch_module.state_dict().items()]
-  params = core.convert_tensors(items + list(extra), core.target_shapes(module),
+  params = core.convert_tensors(items + list(extra), abstract_build.param_shapes(module),
                                 RULES if prefix else core.Rules())
   return core.load_params(module, params)
 
