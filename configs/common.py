@@ -330,7 +330,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.model.weights_dir = ""
   config.model.random_towers = tiny_random_towers()
   config.model.head.update(hidden_dim=32, num_queries=2, enc_layers=1, dec_layers=1, nheads=2,
-                           dim_feedforward=64, mask_dim=32, dynamic_mask_channels=8,
+                           dim_feedforward=64, mask_dim=32,
                            in_channels=(16, 32, 32, 64), text_dim=32)
   if "augmentation" in config.data:
     config.data.augmentation.update(scales=(64, 72), max_size=96, crop_resize_scales=(80,),

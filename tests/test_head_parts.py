@@ -17,6 +17,7 @@ from vdit_jax.convert import core
 from vdit_jax.models import head_layers, mask_head, resize
 
 import parity
+from head_reference import TorchFeatureResizer, TorchMLP, TorchMSO, torch_dynamic_masks
 
 
 def load_torch(make, src: torch.nn.Module) -> nnx.Module:
@@ -29,73 +30,6 @@ def load_torch(make, src: torch.nn.Module) -> nnx.Module:
 def _count(make) -> int:
   shapes = nnx.state(nnx.eval_shape(make), nnx.Param)
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-
-
-class TorchFeatureResizer(torch.nn.Module):
-
-  def __init__(self, cin, cout, dropout):
-    super().__init__()
-    self.fc = torch.nn.Linear(cin, cout)
-    self.layer_norm = torch.nn.LayerNorm(cout, eps=1e-12)
-    self.dropout = torch.nn.Dropout(dropout)
-
-  def forward(self, x):
-    return self.dropout(self.layer_norm(self.fc(x)))
-
-
-class TorchMLP(torch.nn.Module):
-
-  def __init__(self, cin, hidden, cout, num_layers):
-    super().__init__()
-    dims = [cin] + [hidden] * (num_layers - 1) + [cout]
-    self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
-
-  def forward(self, x):
-    for layer in self.layers[:-1]:
-      x = F.relu(layer(x))
-    return self.layers[-1](x)
-
-
-class TorchMSO(torch.nn.Module):
-
-  def __init__(self, mask_dim, img_dim):
-    super().__init__()
-    conv = lambda cin: torch.nn.Conv2d(cin, mask_dim, 3, padding=1)
-    self.conv1_1div8, self.conv2_1div8 = conv(mask_dim + img_dim[1]), conv(mask_dim)
-    self.conv1_1div4, self.conv2_1div4 = conv(mask_dim + img_dim[0]), conv(mask_dim)
-
-  def forward(self, masks, fine, coarse):
-    x = torch.cat([masks, coarse], 1)
-    masks = masks + self.conv2_1div8(F.relu(self.conv1_1div8(F.relu(x))))
-    masks = F.interpolate(masks, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-    x = torch.cat([masks, fine], 1)
-    return masks + self.conv2_1div4(F.relu(self.conv1_1div4(F.relu(x))))
-
-
-def torch_dynamic_masks(feats, params, refs, sizes, layers, channels, rel_coord, stride=8):
-  """The original's route: tile the features per query, append the relative coordinates,
-  one grouped 1x1 conv per layer with groups = instances. feats (B, T, C, h, w) -> (B, T, Q,
-  channels, h, w)."""
-  b, t, c, h, w = feats.shape
-  q = params.shape[2]
-  scale = torch.stack([sizes[:, 1], sizes[:, 0]], 1).float()
-  pixels = refs * scale[:, None, None, :]
-  ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
-  centres = torch.stack([xs, ys], -1).float() + stride // 2
-  x = feats[:, :, None].expand(b, t, q, c, h, w)
-  if rel_coord:
-    rel = (pixels[:, :, :, None, None, :] - centres).permute(0, 1, 2, 5, 3, 4)
-    x = torch.cat([x, rel], 3)
-  x = x.reshape(1, -1, h, w)
-  ins = [x.shape[1] // (b * t * q)] + [channels] * (layers - 1)
-  splits = torch.split_with_sizes(params.reshape(b * t * q, -1),
-                                  [i * channels for i in ins] + [channels] * layers, dim=1)
-  for k in range(layers):
-    weight = splits[k].reshape(b * t * q * channels, -1, 1, 1)
-    x = F.conv2d(x, weight, splits[layers + k].reshape(-1), groups=b * t * q)
-    if k < layers - 1:
-      x = F.relu(x)
-  return x.reshape(b, t, q, channels, h, w)
 
 
 def test_feature_resizer_matches_torch():

@@ -2,42 +2,17 @@
 re-written in torch below, on masks with padding, fully padded rows / columns and frames."""
 
 import functools
-import math
 
 import jax
 import numpy as np
 import pytest
-import torch
 
 from vdit_jax.models import position_encoding
 
 import parity
+from head_reference import torch_sine_1d, torch_sine_2d
 
 FEATS_2D, FEATS_1D = 128, 256  # the original's hidden_dim // 2 and hidden_dim
-
-
-def _torch_sines(embed: torch.Tensor, num_pos_feats: int) -> torch.Tensor:
-  dim_t = torch.arange(num_pos_feats, dtype=torch.float32)
-  dim_t = 10000 ** (2 * (dim_t // 2) / num_pos_feats)
-  pos = embed[..., None] / dim_t
-  return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
-
-
-def torch_sine_2d(pad_mask: np.ndarray, num_pos_feats: int) -> np.ndarray:
-  """PositionEmbeddingSine2D(normalize=True), channels-last: (N, h, w) -> (N, h, w, 2F)."""
-  not_mask = ~torch.from_numpy(pad_mask)
-  y = not_mask.cumsum(1, dtype=torch.float32)
-  x = not_mask.cumsum(2, dtype=torch.float32)
-  y = (y - 0.5) / (y[:, -1:, :] + 1e-6) * 2 * math.pi
-  x = (x - 0.5) / (x[:, :, -1:] + 1e-6) * 2 * math.pi
-  return torch.cat([_torch_sines(y, num_pos_feats), _torch_sines(x, num_pos_feats)], -1).numpy()
-
-
-def torch_sine_1d(pad_mask: np.ndarray, num_pos_feats: int) -> np.ndarray:
-  """PositionEmbeddingSine1D(normalize=True), channels-last: (B, L) -> (B, L, F)."""
-  x = (~torch.from_numpy(pad_mask)).cumsum(1, dtype=torch.float32)
-  x = x / (x[:, -1:] + 1e-6) * 2 * math.pi
-  return _torch_sines(x, num_pos_feats).numpy()
 
 
 def _masks() -> np.ndarray:

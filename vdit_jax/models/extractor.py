@@ -37,10 +37,9 @@ import numpy as np
 from flax import nnx, struct
 
 from vdit_jax import errors
-from vdit_jax.models import unet3d
+from vdit_jax.models import torch_init, unet3d
 from vdit_jax.models.clip_preprocess import CLIPPreprocessConfig, clip_pixels
 from vdit_jax.models.fusion import CrossAttention, ResidualProjection
-from vdit_jax.models.head_layers import torch_default_init
 from vdit_jax.models.normalize import backbone_frames
 from vdit_jax.models.resize import resize_nearest
 
@@ -118,7 +117,7 @@ def _conv(n_in: int, n_out: int, kernel: int, *, rngs: nnx.Rngs, dtype, param_dt
   """A torch-initialised Conv2d with `kernel // 2` zero padding."""
   pad = kernel // 2
   return nnx.Conv(n_in, n_out, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                  **torch_default_init(n_in * kernel * kernel), rngs=rngs, dtype=dtype,
+                  **torch_init.defaults(n_in * kernel * kernel), rngs=rngs, dtype=dtype,
                   param_dtype=param_dtype)
 
 
@@ -196,7 +195,7 @@ class FeatureExtractor(nnx.Module):
                                      ln_eps=fusion_ln_eps, **dt)
     self.projection = ResidualProjection(vision.hidden_size, width, **dt)
     self.noise_pred = _conv(latent, latent, 3, **dt)
-    linear = lambda: nnx.Linear(latent, latent, use_bias=False, **torch_default_init(latent),
+    linear = lambda: nnx.Linear(latent, latent, use_bias=False, **torch_init.defaults(latent),
                                 **dt)
     self.noise_fc = nnx.List([linear(), jax.nn.relu, linear(), jax.nn.sigmoid])
     hidden = [2 * c for c in out_channels[:3]] + [out_channels[3]]

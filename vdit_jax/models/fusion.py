@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vdit_jax.models import torch_init
 from vdit_jax.models.attention import attention, merge_heads, split_heads
-from vdit_jax.models.head_layers import torch_default_init
 
 
 def _linear(n_in: int, n_out: int, *, use_bias: bool = True, rngs: nnx.Rngs, dtype,
             param_dtype) -> nnx.Linear:
   """nnx.Linear initialised like torch's nn.Linear."""
-  return nnx.Linear(n_in, n_out, use_bias=use_bias, **torch_default_init(n_in), rngs=rngs,
+  return nnx.Linear(n_in, n_out, use_bias=use_bias, **torch_init.defaults(n_in), rngs=rngs,
                     dtype=dtype, param_dtype=param_dtype)
 
 

@@ -5,23 +5,11 @@ initialisation (nn.Linear / nn.ConvNd `reset_parameters`), so do these layers; f
 defaults (LeCun normal kernels, zero biases) have a different scale.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def torch_default_init(fan_in: int) -> dict:
-  """`kernel_init` / `bias_init` of torch's nn.Linear and nn.ConvNd: both U(-b, b) with
-  b = 1 / sqrt(fan_in) (kaiming_uniform with a = sqrt(5), torch/nn/modules/linear.py).
-  fan_in is in_features for a Linear, in_channels * kh * kw for a Conv2d."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return dict(kernel_init=init, bias_init=init)
+from vdit_jax.models import torch_init
 
 
 class FeatureResizer(nnx.Module):
@@ -34,7 +22,7 @@ class FeatureResizer(nnx.Module):
   def __init__(self, input_dim: int, output_dim: int, *, dropout: float, ln_eps: float,
                rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
     dt = dict(dtype=dtype, param_dtype=param_dtype)
-    self.fc = nnx.Linear(input_dim, output_dim, **torch_default_init(input_dim), rngs=rngs, **dt)
+    self.fc = nnx.Linear(input_dim, output_dim, **torch_init.defaults(input_dim), rngs=rngs, **dt)
     self.layer_norm = nnx.LayerNorm(output_dim, epsilon=ln_eps, rngs=rngs, **dt)
     self.dropout = nnx.Dropout(dropout, deterministic=True, rngs=rngs)
 
@@ -57,7 +45,7 @@ class MLP(nnx.Module):
     dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
     layers = []
     for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-      init = torch_default_init(fan_in)
+      init = torch_init.defaults(fan_in)
       layers.append(nnx.Linear(fan_in, fan_out, kernel_init=kernel_init or init["kernel_init"],
                                bias_init=bias_init or init["bias_init"], dtype=dtype,
                                param_dtype=param_dtype, rngs=rngs))

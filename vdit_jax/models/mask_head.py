@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax.models.head_layers import torch_default_init
+from vdit_jax.models import torch_init
 from vdit_jax.models.resize import resize_bilinear
 
 
@@ -105,7 +105,7 @@ class MSO(nnx.Module):
     """img_dim: (stride-4 channels, stride-8 channels) of the backbone features."""
     def conv(cin):
       return nnx.Conv(cin, mask_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                      param_dtype=param_dtype, **torch_default_init(cin * 9), rngs=rngs)
+                      param_dtype=param_dtype, **torch_init.defaults(cin * 9), rngs=rngs)
 
     fine_channels, coarse_channels = img_dim
     self.conv1_1div8 = conv(mask_dim + coarse_channels)

@@ -13,3 +13,9 @@ def linear_default(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
+
+
+def defaults(fan_in: int) -> dict:
+  """`kernel_init` / `bias_init` of torch's nn.Linear and nn.ConvNd: both `linear_default`.
+  fan_in is in_features for a Linear, in_channels * kh * kw for a Conv2d."""
+  return dict(kernel_init=linear_default(fan_in), bias_init=linear_default(fan_in))
