@@ -3,8 +3,9 @@ r"""Ref-DAVIS17: evaluation of the Ref-YouTube-VOS model (no DAVIS training, as 
   python -m vdit_jax.main --config=configs/davis.py --workdir=workdirs/ytvos --mode=eval
 
 Clips of at most 36 frames, each of the 4 annotators' expressions per object, probabilities
-below 0.5 zeroed, a constant 0.1 background and an argmax into one id map per frame (VD-IT inference_davis.py);
-J&F is averaged over the 4 annotator runs (the original leaves that to the user).
+below 0.5 zeroed, a constant 0.1 background and an argmax into one id map per frame (VD-IT
+inference_davis.py); J&F is averaged over the 4 annotator runs (the original leaves that to
+the user). Written to <workdir>/eval/davis/anno_<k>/ and scored against data.davis_dir.
 """
 
 import ml_collections

@@ -126,7 +126,7 @@ class Preprocessing:
     return min((int(n) for n in self.frame_buckets if n >= video_frames), default=video_frames)
 
   def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) of frames resized to `size` (module docstring)."""
+    """The padded (H, W) of frames resized to `size` (module docstring)."""
     shape = transforms.pad_multiple(size, self.size_divisor)
     fitting = [tuple(b) for b in self.size_buckets if b[0] >= shape[0] and b[1] >= shape[1]]
     if self.exact_shapes or not fitting:

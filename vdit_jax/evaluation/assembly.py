@@ -85,8 +85,7 @@ class Expression:
 
 @dataclasses.dataclass(frozen=True)
 class Video:
-  """A video whose expressions are all complete, in the order of their exp_ids' first
-  windows' arrival sorted as the dataset numbers them (numerically where they are numbers)."""
+  """A video whose expressions are all complete, in exp_id order (numeric ids as numbers)."""
   split: str
   video_id: str
   orig_size: tuple[int, int]
@@ -98,15 +97,17 @@ class Video:
 
 
 def _join(windows: list[WindowResult]) -> Expression:
+  """One expression's windows, in window order, as one Expression."""
   windows = sorted(windows, key=lambda w: w.window)
   first = windows[0]
-  joined = (lambda name: np.concatenate([getattr(w, name) for w in windows])
-            if len(windows) > 1 else getattr(first, name))
-  gt = None if first.gt is None else joined("gt")
+
+  def joined(name: str) -> np.ndarray:
+    return np.concatenate([getattr(w, name) for w in windows])
+
   return Expression(exp_id=first.exp_id, caption=first.caption, masks=joined("masks"),
                     scores=joined("scores"),
                     frame_names=tuple(n for w in windows for n in w.frame_names),
-                    annotated=joined("annotated"), gt=gt)
+                    annotated=joined("annotated"), gt=None if first.gt is None else joined("gt"))
 
 
 def _exp_order(exp_id: str):

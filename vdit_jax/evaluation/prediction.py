@@ -60,14 +60,13 @@ def check_outputs(outputs: dict, batch: Batch, queries: str) -> dict[str, np.nda
   masks = np.asarray(outputs["masks"], np.float32)
   scores = np.asarray(outputs["scores"], np.float32)
   b, n, h, w = batch["frames"].shape[:4]
-  if queries == "best":
-    want_masks, want_scores = (b, n, h, w), (b,)
-  else:
-    q = masks.shape[1] if masks.ndim == 5 else -1
-    want_masks, want_scores = (b, q, n, h, w), (b, q)
+  q = masks.shape[1] if queries == "all" and masks.ndim == 5 else None
+  want_masks = (b, n, h, w) if queries == "best" else (b, q, n, h, w)
+  want_scores = (b,) if queries == "best" else (b, q)
   if masks.shape != want_masks or scores.shape != want_scores:
+    shown = lambda shape: str(tuple("Q" if s is None else s for s in shape)).replace("'", "")
     _fail(f"with queries={queries!r} and frames {batch['frames'].shape}, masks must be "
-          f"{want_masks} and scores {want_scores} (Q queries), got {masks.shape} and "
+          f"{shown(want_masks)} and scores {shown(want_scores)}, got {masks.shape} and "
           f"{scores.shape}")
   real = np.asarray(batch["window_valid"], bool)
   for name, value in (("masks", masks), ("scores", scores)):

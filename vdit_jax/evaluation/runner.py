@@ -13,10 +13,10 @@ the tables. <out> is <workdir>/eval/<dataset> unless given; on several hosts it 
 shared file system.
 
 results.json: dataset, split, step (of the checkpoint evaluated), figures (fractions; papers
-quote them x 100), files (what was written, relative to <out>), counts (videos expected from the shards'
-record counts, evaluated, incomplete (some windows skipped as bad input) and missing (no
-window came), windows), shapes (the distinct (N, H, W) the model ran, one compilation each)
-and the config.
+quote them x 100), files (what was written, relative to <out>), counts (videos expected from
+the shards' record counts, evaluated, incomplete (some windows skipped as bad input) and
+missing (no window came), windows), shapes (the distinct (N, H, W) the model ran, one
+compilation each) and the config. Nothing in it depends on the number of processes.
 
 Benchmarks: ytvos_submission.YtvosSubmission (Ref-YouTube-VOS), davis_runs.DavisRuns
 (Ref-DAVIS17), sample_benchmarks.SampleBenchmark (A2D / JHMDB-Sentences, RefCOCO/+/g). Each
