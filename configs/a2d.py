@@ -19,7 +19,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 1e-4 x 2 GPUs / 8: the original's auto-scaling when pretrained weights are given.
   common.add_training(config, lr=2.5e-5, epochs=6, lr_drops=(3, 5))
   config.init_skip = ("class_embed",)
-  config.eval = common.sentence_eval("a2d_predictions")
+  config.eval = common.sentence_eval()
   if args.tiny:
     config = common.shrink_to_tiny(config)
+  config.evals = ml_collections.ConfigDict(dict(
+      a2d=common.evaluator(config, every_steps=2000, num_videos=50)))
   return config

@@ -4,6 +4,8 @@ Numbers follow the original VD-IT code (github.com/buxiangzhiren/VD-IT): `opts.p
 plus the flags its scripts pass (--with_box_refine --binary --freeze_text_encoder).
 """
 
+import copy
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -175,24 +177,51 @@ def add_training(config: ml_collections.ConfigDict, *, lr: float, epochs: int,
   config.init_from = ""  # An Orbax checkpoint to start from (e.g. RefCOCO pretraining).
 
 
-def evaluation(split: str, output: str, *, window: int, size_divisor: int,
-               **extra) -> ml_collections.ConfigDict:
-  """The evaluation fields every config has; `extra` adds the dataset's own."""
+def evaluation(split: str, *, queries: str, window: int, size_divisor: int,
+               size_buckets: tuple[tuple[int, int], ...], frame_buckets: tuple[int, ...] = (),
+               ground_truth: bool = False, **extra) -> ml_collections.ConfigDict:
+  """The evaluation fields every config has (vdit_jax.evaluation.runner); `extra` adds the
+  dataset's own."""
   return ml_collections.ConfigDict(dict(
       split=split,
-      preprocessing=eval_preprocessing(window=window, size_divisor=size_divisor),
+      preprocessing=eval_preprocessing(window, size_divisor, frame_buckets, size_buckets,
+                                       ground_truth),
+      # The checkpoint --mode=eval restores: "" the workdir's latest, else a checkpoint path.
+      checkpoint="",
+      # Windows per device in each predict step.
+      batch_per_device=1,
+      # What the model returns per window (vdit_jax.evaluation.prediction): "best", the
+      # masks of the query with the highest mean score over the window's valid frames (VD-IT
+      # inference_ytvos.py:213-219), or "all" queries' masks and scores (engine.py:231-237).
+      queries=queries,
       # Mask probabilities above it are foreground (VD-IT inference_ytvos.py:232).
       mask_threshold=0.5,
-      output=output,
       **extra,
   ))
 
 
-def sentence_eval(output: str) -> ml_collections.ConfigDict:
+def sentence_eval() -> ml_collections.ConfigDict:
   """A2D / JHMDB-Sentences evaluation: 5-frame clips around the annotated frame; mAP
-  scores all queries, overall / mean IoU and P@K the top-scoring one."""
-  return evaluation("test", output, window=5, size_divisor=32,
-                    iou_thresholds=(0.5, 0.6, 0.7, 0.8, 0.9))
+  scores all queries, overall / mean IoU and P@K the top-scoring one. Their 320-pixel-high
+  clips come out 360 high, up to 640 wide (A2D), or 360 x 480 (JHMDB's 320 x 240)."""
+  return evaluation("test", queries="all", window=5, size_divisor=32,
+                    size_buckets=((384, 480), (384, 640), (640, 384)))
+
+
+def evaluator(dataset_config: ml_collections.ConfigDict, *, every_steps: int, num_videos: int,
+              num_images: int = 4) -> ml_collections.ConfigDict:
+  """One in-training evaluator of `config.evals` (vdit_jax.evaluation.in_training): the
+  evaluated dataset's own data and eval fields (copies), how often, and on how much."""
+  return ml_collections.ConfigDict(dict(
+      data=copy.deepcopy(dataset_config.data),
+      eval=copy.deepcopy(dataset_config.eval),
+      # Train steps between evaluations (0: never).
+      every_steps=every_steps,
+      # The first videos (images) of the split evaluated (0: all), spread over the processes.
+      num_videos=num_videos,
+      # Mask overlays returned as images (for TensorBoard).
+      num_images=num_images,
+  ))
 
 
 def optimizer(lr: float) -> ml_collections.ConfigDict:
@@ -252,15 +281,26 @@ def pseudo_video() -> ml_collections.ConfigDict:
   ))
 
 
-def eval_preprocessing(window: int, size_divisor: int) -> ml_collections.ConfigDict:
-  """Inference resize (data_pipelines.eval_windows.Preprocessing): shorter side 360 (VD-IT
-  inference_ytvos.py:44), longer at most 640, padding to a multiple of `size_divisor`, frames
-  in windows of `window` (0: the whole video in one window)."""
+def eval_preprocessing(window: int, size_divisor: int, frame_buckets: tuple[int, ...],
+                       size_buckets: tuple[tuple[int, int], ...],
+                       ground_truth: bool) -> ml_collections.ConfigDict:
+  """Inference resize and shapes (data_pipelines.eval_windows.Preprocessing): shorter side
+  360 (VD-IT inference_ytvos.py:44), longer at most 640, padding to a multiple of
+  `size_divisor` and then to the smallest size bucket that holds the frames; frames in
+  windows of `window` (0: the whole video in one window, its frame count padded to the
+  smallest frame bucket that holds it)."""
   return ml_collections.ConfigDict(dict(
       short_side=360,
       max_size=640,
       size_divisor=size_divisor,
       window=window,
+      frame_buckets=frame_buckets,
+      size_buckets=size_buckets,
+      # True: every window at the original's shape (its own length, padded to size_divisor
+      # only): exact, but one compiled shape per distinct video length and size.
+      exact_shapes=False,
+      # Windows of videos with masks carry them (gt_masks), to score a split offline.
+      ground_truth=ground_truth,
   ))
 
 
@@ -340,7 +380,8 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.schedule.update(epochs=2, lr_drops=(1,))
   window = config.eval.preprocessing.window
   config.eval.preprocessing.update(short_side=64, max_size=96,
-                                   window=min(window, 5) if window else 4)
+                                   window=min(window, 5) if window else 4,
+                                   frame_buckets=(4, 8), size_buckets=((64, 96), (96, 64)))
   config.log_every_steps = 1
   config.checkpoint_every_steps = 2
   return config

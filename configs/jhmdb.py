@@ -11,7 +11,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("jhmdb", raw_dir="data/jhmdb_sentences")
-  config.eval = common.sentence_eval("jhmdb_predictions")
+  config.eval = common.sentence_eval()
   if args.tiny:
     config = common.shrink_to_tiny(config)
   return config

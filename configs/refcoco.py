@@ -19,8 +19,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base("refcoco", raw_dir="data/coco")
   common.add_training(config, lr=5e-5, epochs=12, lr_drops=(8, 10), shuffle_window=4096)
   config.data.subsets = ("refcoco", "refcoco+", "refcocog")
-  config.eval = common.evaluation("val", "refcoco_predictions", window=1, size_divisor=32)
+  # Overall and mean IoU of each subset's val split. COCO images come out 360 on the
+  # shorter side, at most 640 on the longer.
+  config.eval = common.evaluation("val", queries="all", window=1, size_divisor=32,
+                                  size_buckets=((384, 512), (512, 384), (384, 640), (640, 384)))
   if args.tiny:
     config = common.shrink_to_tiny(config)
     config.data.subsets = ("refcoco",)
+  config.evals = ml_collections.ConfigDict(dict(
+      refcoco=common.evaluator(config, every_steps=5000, num_videos=200)))
   return config

@@ -12,6 +12,7 @@ The tiny variant (random tiny towers, synthetic data) runs on a laptop CPU:
 import ml_collections
 
 from configs import common
+from configs import davis
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -20,8 +21,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 1e-4 base lr x 2 GPUs / 4 (main.py's auto-scaling without pretrained weights) = 5e-5,
   # which the model card confirms.
   common.add_training(config, lr=5e-5, epochs=9, lr_drops=(6, 8))
-  # window 0 runs each video whole, as the original does; a positive window splits it.
-  config.eval = common.evaluation("valid", "ytvos_submission", window=0, size_divisor=16)
+  # window 0 runs each video whole, as the original does; a positive window splits it. The
+  # valid videos have 4 to 36 frames, resized to 360 x 640 or less (640 x 360 portrait).
+  config.eval = common.evaluation("valid", queries="best", window=0, size_divisor=16,
+                                  frame_buckets=(9, 18, 27, 36),
+                                  size_buckets=((368, 640), (640, 368)), ground_truth=True)
   if args.tiny:
     config = common.shrink_to_tiny(config)
+  # Ref-YouTube-VOS valid has no public masks: training is checked on Ref-DAVIS17, as the
+  # paper evaluates this model zero-shot.
+  config.evals = ml_collections.ConfigDict(dict(
+      davis=common.evaluator(davis.get_config(arg), every_steps=5000, num_videos=6)))
   return config

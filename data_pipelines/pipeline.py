@@ -46,20 +46,26 @@ from data_pipelines import batching
 from data_pipelines import decoding
 from data_pipelines import eval_windows
 from data_pipelines import sampling
+from data_pipelines import shards
 from data_pipelines import sources
 from data_pipelines import train_clips
 from data_pipelines import transforms
 from vdit_jax import errors
 
 
+def _splits(data, split: str) -> tuple[str, ...]:
+  """The reader's split names of `split` (of every subset, for RefCOCO)."""
+  if data.format not in sources.FORMATS:
+    raise errors.ConfigError(f"config.data.format {data.format!r} is not one of "
+                             f"{sources.FORMATS}")
+  return tuple(f"{s}/{split}" for s in data.subsets) or (split,)
+
+
 def _records(config, split: str, process_index: int, process_count: int, shuffle: bool,
              num_epochs: int | None) -> tuple[grain.IterDataset, int | None]:
   """This process's (record bytes, where) of `split` (of every subset, for RefCOCO)."""
   data = config.data
-  if data.format not in sources.FORMATS:
-    raise errors.ConfigError(f"config.data.format {data.format!r} is not one of "
-                             f"{sources.FORMATS}")
-  splits = tuple(f"{s}/{split}" for s in data.subsets) or (split,)
+  splits = _splits(data, split)
   if data.format == "tfds":
     source = sources.TfdsSource(data.tfds_dir, data.dataset, splits, process_index,
                                 process_count)
@@ -132,3 +138,16 @@ def make_eval_iter(config, process_index: int = 0, process_count: int = 1,
                                                                 skip_bad))
   ds = ds.map(eval_windows.EvalWindow(preprocessing, skip_bad, tokenize)).filter(_is_example)
   return iter(_prefetch(ds, config.data, units))
+
+
+def eval_video_count(config, process_index: int = 0, process_count: int = 1) -> int:
+  """How many records (videos; RefCOCO: images) make_eval_iter reads on this process."""
+  data = config.data
+  splits = _splits(data, config.eval.split)
+  if data.format == "tfds":
+    return len(sources.TfdsSource(data.tfds_dir, data.dataset, splits, process_index,
+                                  process_count))
+  counts = {path: n for split in splits
+            for path, n in shards.num_records(data.shards_dir, split).items()}
+  return sum(counts[path]
+             for path in shards.process_shards(list(counts), process_index, process_count))

@@ -230,6 +230,11 @@ def list_shards(root: str, split: str) -> list[str]:
   return [path for path, _ in _shard_paths(split_dir(root, split))]
 
 
+def num_records(root: str, split: str) -> dict[str, int]:
+  """{shard path: records} of `split` under `root`, as dataset_info.json lists them."""
+  return {path: int(entry["num_records"]) for path, entry in _shard_paths(split_dir(root, split))}
+
+
 def verify(root: str) -> list[str]:
   """Re-checks every shard's sha256 of every split under `root`; returns the split dirs."""
   infos = sorted(glob.glob(os.path.join(root, "**", INFO_FILE), recursive=True))

@@ -35,6 +35,7 @@ from PIL import Image
 
 from vdit_jax import errors
 from vdit_jax.evaluation import davis_protocol
+from vdit_jax.evaluation import text_tables
 
 _MAX_LISTED = 10
 
@@ -128,8 +129,12 @@ def _read_stack(paths: Sequence[str], read) -> np.ndarray:
 
 
 def evaluate(davis_root: str, results: str, *, task: str = "unsupervised",
-             image_set: str = "val", progress: bool = True) -> davis_protocol.DavisTables:
+             image_set: str = "val", progress: bool = True,
+             sequences: Sequence[str] | None = None) -> davis_protocol.DavisTables:
   """Scores one results folder; see the module docstring for the layouts.
+
+  `sequences`, if given, scores only these sequences of the image set (a subset, e.g. during
+  training); otherwise all of them.
 
   Raises:
     errors.UserError: a missing, unreadable or malformed ground-truth or result file.
@@ -137,7 +142,14 @@ def evaluate(davis_root: str, results: str, *, task: str = "unsupervised",
   if task not in davis_protocol.TASKS:
     raise errors.UserError(f"--task must be one of {davis_protocol.TASKS}, got {task!r}")
   gt_dir = annotation_dir(davis_root, task)
-  frames = _ground_truth_frames(gt_dir, read_sequences(davis_root, image_set), task)
+  listed = read_sequences(davis_root, image_set)
+  if sequences is not None:
+    unknown = sorted(set(sequences) - set(listed))
+    if unknown:
+      raise errors.UserError(f"sequences {_listing(unknown)} are not in the image set "
+                             f"{image_set} of {davis_root}")
+    listed = [seq for seq in listed if seq in set(sequences)]
+  frames = _ground_truth_frames(gt_dir, listed, task)
   _check_results_complete(results, frames)
   objects = []
   for seq, stems in tqdm.tqdm(frames.items(), desc=f"DAVIS {task} {results}", unit="sequence",
@@ -172,22 +184,15 @@ def write_tables(tables: davis_protocol.DavisTables, out_dir: str,
   return global_path, sequence_path
 
 
-def _text_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-  cells = [list(header)] + [[v if isinstance(v, str) else f"{v:.5f}" for v in row]
-                            for row in rows]
-  widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-  return "\n".join(" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
-
-
 def format_tables(tables: davis_protocol.DavisTables, title: str,
                   per_sequence: bool = True) -> str:
   """The global table (and the per-sequence one) as printed text under `title`."""
   text = [f"---------- Global results for {title} ----------",
-          _text_table(davis_protocol.GLOBAL_COLUMNS,
-                      [[tables.global_row[c] for c in davis_protocol.GLOBAL_COLUMNS]])]
+          text_tables.text_table(davis_protocol.GLOBAL_COLUMNS,
+                                 [[tables.global_row[c] for c in davis_protocol.GLOBAL_COLUMNS]])]
   if per_sequence:
     text += ["", f"---------- Per sequence results for {title} ----------",
-             _text_table(davis_protocol.SEQUENCE_COLUMNS, tables.per_object)]
+             text_tables.text_table(davis_protocol.SEQUENCE_COLUMNS, tables.per_object)]
   return "\n".join(text)
 
 
