@@ -20,6 +20,7 @@ def _torch_lrs(lr, drops, factor, epochs, steps_per_epoch):
   lrs = []
   for _ in range(epochs):
     lrs += [opt.param_groups[0]["lr"]] * steps_per_epoch
+    opt.step()  # No gradient: nothing moves; torch wants it before the scheduler's step.
     sched.step()
   return lrs
 

@@ -286,12 +286,16 @@ def test_init_from_reports_what_does_not_fit(straight):
                                skip=(), backbone=toy_model.BACKBONE)
 
 
-def test_another_backbone_is_refused_naming_both(straight, tmp_path):
+def test_another_backbone_is_refused_naming_both(straight):
   workdir, _ = straight
   other = dict(toy_model.BACKBONE, seed=1)
   with pytest.raises(checkpoints.CheckpointError) as e:
     checkpoints.load_trainable(workdir, _fresh_params(), skip=(), backbone=other)
   assert '"seed": 0' in str(e.value) and '"seed": 1' in str(e.value)
+  manager = checkpoints.Manager(workdir, every_steps=2, keep=3, backbone=other)
+  with pytest.raises(checkpoints.CheckpointError, match="another frozen backbone"):
+    manager.restore(6, target={}, data=None)  # Refused before anything is read.
+  manager.close()
   converted = {"weights_dir": "/a", "manifest_sha256": "1" * 64}
   moved = {"weights_dir": "/b", "manifest_sha256": "1" * 64}
   checkpoints.check_backbone(converted, moved, "x")  # The same weights, moved elsewhere.

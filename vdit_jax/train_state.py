@@ -46,9 +46,6 @@ class Parts:
   frozen: nnx.State
   rest: nnx.State
 
-  def merge(self) -> nnx.Module:
-    return nnx.merge(self.graphdef, self.params, self.frozen, self.rest)
-
 
 def split(model: nnx.Module) -> Parts:
   return Parts(*nnx.split(model, TRAINABLE, FROZEN, ...))
