@@ -346,7 +346,7 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
   # Metrics (WORKDIR/metrics.jsonl, TensorBoard, the console line) every this many steps.
   config.log_every_steps = 50
   # Orbax checkpoints in WORKDIR/checkpoints/ (written asynchronously), the last
-  # `keep_checkpoints` kept; the last step and a preempted step are always saved.
+  # `keep_checkpoints` kept; the first, the last and a preempted step are always saved.
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   return config

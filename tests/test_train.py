@@ -2,6 +2,7 @@
 sharded step against one device, exact resume across a process restart, SIGTERM, two
 processes against one, non-finite steps, init_from, a backbone mismatch, export, logs."""
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import ytvos
 from vdit_jax import checkpoints, errors, optim, sharding, train, train_state, train_step
 
 import toy_model
@@ -184,22 +186,33 @@ def test_logs_config_metrics_and_tensorboard(straight):
   assert sorted(ocp.utils.checkpoint_steps(checkpoints.checkpoint_dir(workdir))) == [2, 4, 6]
 
 
+def _start(workdir, *args, log):
+  """The toy command in a subprocess, its output in the file `log`."""
+  with open(log, "w") as out:
+    return subprocess.Popen(_toy_command(workdir, *args), env=_env(), stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_steps(metrics, procs, steps, timeout=180):
+  deadline = time.monotonic() + timeout
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+    assert all(p.poll() is None for p in procs), "a run ended early"
+    assert time.monotonic() < deadline, "the run did not start"
+    time.sleep(0.2)
+
+
 def test_sigterm_stops_with_a_restorable_checkpoint(tmp_path):
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen(_toy_command(workdir, "--max_steps=100000",
-                                       "--checkpoint_every_steps=100000"),
-                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  proc = _start(workdir, "--max_steps=100000", "--checkpoint_every_steps=100000", log=log)
   try:
     metrics = workdir / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-      assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
-      time.sleep(0.2)
+    _wait_for_steps(metrics, [proc], 3)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
   finally:
     proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+  out = log.read_text()
+  assert proc.returncode == 0, out[-3000:]
   last = json.loads(metrics.read_text().splitlines()[-1])
   stopped = last["step"]
   assert f"stopped at step {stopped}" in out and "preempted True" in out
@@ -214,30 +227,38 @@ def test_sigterm_stops_with_a_restorable_checkpoint(tmp_path):
   assert json.loads(metrics.read_text().splitlines()[-1])["step"] == stopped + 1
 
 
-def test_two_processes_match_one(straight, tmp_path):
-  """Two processes of 4 CPU devices each (jax.distributed, gloo) against this process's 8,
-  on the same mesh and global batches."""
+def test_two_processes_match_one_and_stop_together(tmp_path):
+  """Two processes of 4 CPU devices each (jax.distributed, gloo) train until one gets
+  SIGTERM: both stop at the same step with one checkpoint (JAX's preemption sync point), and
+  its parameters are those of this process's 8 devices on the same mesh and global batches."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   workdir = tmp_path / "run"
-  procs = [subprocess.Popen(
-      _toy_command(workdir, "--max_steps=3", "--devices=4", f"--coordinator=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}"),
-      env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [_start(workdir, "--max_steps=100000", "--checkpoint_every_steps=100000",
+                  "--devices=4", f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}", log=tmp_path / f"log{i}.txt") for i in range(2)]
   try:
-    results = [p.communicate(timeout=240) for p in procs]
+    _wait_for_steps(workdir / "metrics.jsonl", procs, 3)
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:
+      p.wait(timeout=120)
   finally:
     for p in procs:
       p.kill()
-  for p, (out, err) in zip(procs, results):
-    assert p.returncode == 0 and "done: step 3" in out, err[-3000:]
-  data = os.listdir(os.path.join(checkpoints.checkpoint_dir(str(workdir)), "3", "data"))
-  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data)
+  logs = [(tmp_path / f"log{i}.txt").read_text() for i in range(2)]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  stopped = int(logs[0].split("done: step ")[1].split()[0])
+  assert all(f"done: step {stopped} preempted True" in log for log in logs)
+  directory = checkpoints.checkpoint_dir(str(workdir))
+  assert set(ocp.utils.checkpoint_steps(directory)) == {1, stopped}  # The first and the stop.
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
+      os.listdir(os.path.join(directory, str(stopped), "data")))
   reference = str(tmp_path / "one")
-  toy_model.run(reference, toy_model.config(3))
-  _assert_saved_equal(_saved(str(workdir), 3, ["params"]), _saved(reference, 3, ["params"]),
-                      rtol=1e-5)
+  toy_model.run(reference, toy_model.config(stopped))
+  _assert_saved_equal(_saved(str(workdir), stopped, ["params"]),
+                      _saved(reference, stopped, ["params"]), rtol=1e-5)
 
 
 def _fresh_params(classes=4, seed=0):
@@ -301,6 +322,19 @@ def test_another_backbone_is_refused_naming_both(straight):
   checkpoints.check_backbone(converted, moved, "x")  # The same weights, moved elsewhere.
   with pytest.raises(checkpoints.CheckpointError, match="2222"):
     checkpoints.check_backbone(converted, dict(moved, manifest_sha256="2" * 64), "x")
+
+
+def test_backbone_reference_is_the_manifest_digest_or_the_random_towers(tmp_path):
+  manifest = b'{"format": "vdit-jax-backbone", "towers": {}}'
+  (tmp_path / "manifest.json").write_bytes(manifest)
+  config = ytvos.get_config()
+  config.model.weights_dir = str(tmp_path)
+  assert checkpoints.backbone_reference(config.model, 42) == {
+      "weights_dir": str(tmp_path), "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+  tiny = ytvos.get_config("tiny")
+  reference = checkpoints.backbone_reference(tiny.model, 42)
+  assert reference["seed"] == 42
+  assert reference["random_towers"]["unet"]["block_out_channels"] == (32, 32, 64, 64)
 
 
 def test_export_writes_params_config_and_backbone(straight):
