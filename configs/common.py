@@ -174,7 +174,18 @@ def add_training(config: ml_collections.ConfigDict, *, lr: float, epochs: int,
   config.optimizer = optimizer(lr)
   config.schedule = schedule(epochs, lr_drops)
   config.loss = loss()
-  config.init_from = ""  # An Orbax checkpoint to start from (e.g. RefCOCO pretraining).
+  # Another run's trainable parameters to start from, with a fresh optimizer (RefCOCO
+  # pretraining -> fine-tuning): its checkpoints/ directory (the latest step), or
+  # checkpoints/<step>, or checkpoints/LATEST.
+  config.init_from = ""
+  # Regexes on parameter paths (e.g. "class_embed") that keep their fresh initialisation
+  # instead of init_from's values.
+  config.init_skip = ()
+  # This many non-finite steps in a row (loss or gradient NaN / inf, update skipped) stop
+  # the run.
+  config.max_nonfinite_in_row = 10
+  # The dtype `--mode=export` writes the trainable parameters in: "float32" or "bfloat16".
+  config.export_dtype = "float32"
 
 
 def evaluation(split: str, *, queries: str, window: int, size_divisor: int,
@@ -237,8 +248,32 @@ def optimizer(lr: float) -> ml_collections.ConfigDict:
 
 
 def schedule(epochs: int, lr_drops: tuple[int, ...]) -> ml_collections.ConfigDict:
-  """MultiStepLR stepped per epoch: lr x `drop_factor` at each epoch in `lr_drops`."""
-  return ml_collections.ConfigDict(dict(epochs=epochs, lr_drops=lr_drops, drop_factor=0.1))
+  """MultiStepLR stepped per epoch: lr x `drop_factor` at each epoch in `lr_drops`; an epoch
+  is the dataset's samples over the global batch size (vdit_jax.optim). max_steps > 0 stops
+  after that many steps instead of after `epochs`, the drops staying where the epochs put
+  them."""
+  return ml_collections.ConfigDict(dict(epochs=epochs, lr_drops=lr_drops, drop_factor=0.1,
+                                        max_steps=0))
+
+
+def sharding() -> ml_collections.ConfigDict:
+  """How parameters and batches are laid out on `config.mesh` (vdit_jax.sharding.Rules).
+
+  rules: (regex on the parameter path, spec), the first full match wins; every parameter
+    must match one. Paths join attribute names with "/" (`towers/unet/down_blocks/0/
+    resnets/1/conv1/kernel`); the frozen towers live under `towers`. A spec is a tuple, the
+    PartitionSpec itself (`()` replicates, `(None, "fsdp")` shards the second axis), or
+    "largest:AXIS": the largest dimension that the mesh axis AXIS divides is sharded over
+    it (the last of equal ones), for parameters of at least `min_shard_bytes`; smaller or
+    indivisible ones are replicated (big_vision's fsdp rule). Optimizer state follows its
+    parameter.
+  batch_axes: the mesh axes the batch dimension is split over.
+  """
+  return ml_collections.ConfigDict(dict(
+      rules=(("towers/.*", "largest:fsdp"), (".*", ())),
+      min_shard_bytes=4 * 2**20,
+      batch_axes=("data", "fsdp"),
+  ))
 
 
 def clip_sampling() -> ml_collections.ConfigDict:
@@ -324,7 +359,11 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
   """Fields every config has; callers fill in training and evaluation."""
   config = ml_collections.ConfigDict()
   config.seed = seed
-  config.mesh = [("data", -1)]
+  # (axis name, size) of the device mesh, major to minor; one size may be -1 (the rest of
+  # the devices). `data` and `fsdp` split the batch; `fsdp` also splits the frozen towers
+  # (config.sharding); a `tensor` axis may be added for rules that name it.
+  config.mesh = (("data", 1), ("fsdp", -1))
+  config.sharding = sharding()
   config.data = ml_collections.ConfigDict(dict(
       dataset=dataset,
       raw_dir=raw_dir,
@@ -351,7 +390,10 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
       text=text_inputs(),
   ))
   config.model = model()
+  # Metrics (WORKDIR/metrics.jsonl, TensorBoard, the console line) every this many steps.
   config.log_every_steps = 50
+  # Orbax checkpoints in WORKDIR/checkpoints/ (written asynchronously), the last
+  # `keep_checkpoints` kept; the first, the last and a preempted step are always saved.
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   return config
@@ -384,4 +426,5 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
                                    frame_buckets=(4, 8), size_buckets=((64, 96), (96, 64)))
   config.log_every_steps = 1
   config.checkpoint_every_steps = 2
+  config.sharding.min_shard_bytes = 1024
   return config

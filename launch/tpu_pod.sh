@@ -2,11 +2,12 @@
 # Runs one vdit-jax module on every host of a Cloud TPU VM slice (big_vision's run_tpu.sh habit).
 #
 #   TPU_NAME=my-v5p-64 ZONE=us-east5-a launch/tpu_pod.sh vdit_jax.main \
-#       --config=configs/ytvos.py --workdir=gs://my-bucket/ytvos
+#       --config=configs/ytvos.py --workdir=/mnt/vdit/workdirs/ytvos
 #
 # Copies this checkout to every worker, installs it in a venv there (first run only), and
 # starts `python -m MODULE ARGS...` on all workers at once with VDIT_DISTRIBUTED=1, which makes
 # vdit_jax.main call jax.distributed.initialize() (TPU VMs need no coordinator arguments).
+# The workdir, shards and weights must be on storage every worker shares (launch/README.md).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
 : "${ZONE:?set ZONE to the TPU VM zone}"

@@ -11,7 +11,7 @@ shardings, so no random initialisation runs and no parameter is placed twice.
 """
 
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -39,36 +39,48 @@ def nest(flat: Mapping[abstract_build.Path, Any]) -> dict:
   return tree
 
 
-def _param_shardings(abstract: nnx.Module, paths: Iterable[abstract_build.Path], shardings
+def _param_shardings(name: str, abstract: nnx.Module,
+                     targets: Mapping[abstract_build.Path, jax.ShapeDtypeStruct], shardings
                      ) -> dict[abstract_build.Path, jax.sharding.Sharding]:
-  """A concrete sharding for every parameter path (see `load_backbone`)."""
+  """A concrete sharding for every parameter path of tower `name` (see `load_backbone`)."""
   if shardings is None:
     shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if isinstance(shardings, jax.sharding.Sharding):
-    return {path: shardings for path in paths}
+    return {path: shardings for path in targets}
   if isinstance(shardings, jax.sharding.Mesh):
     # Towers are built without eager sharding; their annotations become NamedShardings on
     # the concrete mesh here (an eval_shape'd sharding would name an AbstractMesh).
     specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param))
     return {tuple(path): jax.sharding.NamedSharding(shardings, spec.get_value())
             for path, spec in nnx.to_flat_state(specs)}
-  raise TypeError(f"shardings must be None, a jax.sharding.Sharding or a Mesh, got "
-                  f"{type(shardings).__name__}")
+  if callable(shardings):
+    return {path: shardings((name,) + path, target) for path, target in targets.items()}
+  raise TypeError(f"shardings must be None, a jax.sharding.Sharding, a Mesh or a callable, "
+                  f"got {type(shardings).__name__}")
+
+
+def stored_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Path -> shape of every leaf of a `nest`ed tree (or an Orbax metadata tree of one)."""
+  return {tuple(str(p.key) for p in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def shape_mismatches(stored: Mapping[tuple[str, ...], tuple[int, ...]],
+                     wanted: Mapping[tuple[str, ...], tuple[int, ...]]) -> list[str]:
+  """'a/b: missing' (wanted, not stored), 'a/b: unexpected' (the reverse) and 'a/b: shape S
+  stored, W expected' lines, in that order; empty when both hold the same shapes."""
+  both = sorted(set(stored) & set(wanted))
+  return ([f"{'/'.join(p)}: missing" for p in sorted(set(wanted) - set(stored))]
+          + [f"{'/'.join(p)}: unexpected" for p in sorted(set(stored) - set(wanted))]
+          + [f"{'/'.join(p)}: shape {stored[p]} stored, {wanted[p]} expected" for p in both
+             if tuple(stored[p]) != tuple(wanted[p])])
 
 
 def _check_stored(directory: str, name: str, stored: Mapping, targets: Mapping) -> None:
   """Raises unless the checkpoint holds exactly the target paths with the target shapes."""
-  stored_shapes = {tuple(str(p.key) for p in path): tuple(leaf.shape)
-                   for path, leaf in jax.tree_util.tree_leaves_with_path(stored)}
-  target_shapes = {tuple(str(p) for p in path): t.shape for path, t in targets.items()}
-  missing = sorted(set(target_shapes) - set(stored_shapes))
-  unexpected = sorted(set(stored_shapes) - set(target_shapes))
-  mismatched = sorted(p for p in set(stored_shapes) & set(target_shapes)
-                      if stored_shapes[p] != target_shapes[p])
-  if missing or unexpected or mismatched:
-    lines = [f"{'/'.join(p)}: {title}" for title, group in (
-        ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-             for p in group]
+  lines = shape_mismatches(stored_shapes(stored), {tuple(str(p) for p in path): t.shape
+                                                   for path, t in targets.items()})
+  if lines:
     raise ConvertedBackboneError(directory, f"the {name} parameters do not match the model "
                                  f"its config.json builds:\n  " + "\n  ".join(lines[:20]))
 
@@ -84,7 +96,7 @@ def load_tower(directory: str, name: str, spec: towers.TowerSpec, settings: Mapp
       lambda: towers.build(name, spec, config, settings, rngs=abstract_build.host_rngs(0)))
   abstract = nnx.merge(graphdef, params, rest)
   targets = abstract_build.param_shapes(abstract)
-  placement = _param_shardings(abstract, targets, shardings)
+  placement = _param_shardings(name, abstract, targets, shardings)
   target_tree = nest({path: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=placement[path])
                       for path, t in targets.items()})
   params_dir = backbone_format.params_path(directory, name)
@@ -120,7 +132,9 @@ def load_backbone(directory: str | os.PathLike, towers_settings: Mapping[str, Ma
       towers named here are loaded.
     shardings: where the parameters go. None: the first device. A jax.sharding.Sharding:
       every parameter gets it. A Mesh: each parameter is sharded by its nnx partition
-      annotation (replicated where it has none).
+      annotation (replicated where it has none). A callable `(path, ShapeDtypeStruct) ->
+      Sharding`, path = (tower name, *attribute path): per parameter, e.g. the training
+      rules' `vdit_jax.sharding.Rules.within("towers")`.
     specs: tower name -> TowerSpec; `towers.tower_specs()` by default.
 
   Raises:
