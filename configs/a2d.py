@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.add_training(config, lr=2.5e-5, epochs=6, lr_drops=(3, 5))
   config.init_skip = ("class_embed",)
   config.eval = common.sentence_eval()
+  config.model.head_frames = "annotated"
   if args.tiny:
     config = common.shrink_to_tiny(config)
   config.evals = ml_collections.ConfigDict(dict(

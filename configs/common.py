@@ -52,6 +52,9 @@ def model(weights_dir: str = BACKBONE_DIR) -> ml_collections.ConfigDict:
       towers=towers(),
       extractor=extractor(),
       head=head(),
+      # The frames the head runs on: "all", or "annotated" (A2D / JHMDB clips have one
+      # annotated frame, and the original runs its head on that one, diffvos_cross.py:221).
+      head_frames="all",
   ))
 
 

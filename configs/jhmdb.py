@@ -12,6 +12,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, tiny=False)
   config = common.base("jhmdb", raw_dir="data/jhmdb_sentences")
   config.eval = common.sentence_eval()
+  config.model.head_frames = "annotated"
   if args.tiny:
     config = common.shrink_to_tiny(config)
   return config

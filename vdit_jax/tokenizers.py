@@ -23,6 +23,7 @@ length is truncated, counted and logged.
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Sequence
 
 from absl import logging
@@ -214,6 +215,14 @@ class CaptionTokenizer:
     self._truncated = dict.fromkeys(self._tokenizers, 0)
 
   @classmethod
+  def for_model(cls, weights_dir: str, **lengths: int) -> "CaptionTokenizer":
+    """The tokenizers of `config.model.weights_dir`, or byte-level ones for random towers
+    (weights_dir ""); `lengths`: config.data.text."""
+    if weights_dir:
+      return cls.from_backbone(weights_dir, **lengths)
+    return cls(**byte_level_tokenizers(), **lengths)
+
+  @classmethod
   def from_backbone(cls, directory: str | os.PathLike, **lengths: int) -> "CaptionTokenizer":
     """The tokenizers of a converted backbone directory (tokenizers/clip, tokenizers/roberta);
     `lengths`: config.data.text."""
@@ -257,3 +266,25 @@ def load_from_backbone(directory: str | os.PathLike) -> dict[str, Tokenizer]:
         directory, f"no converted tokenizer {', '.join(absent)}")
   return {name: load(backbone_format.tokenizer_dir(directory, name))
           for name, load in LOADERS.items()}
+
+
+def byte_level_tokenizers() -> dict[str, Tokenizer]:
+  """{'clip', 'roberta'} tokenizers whose vocabularies are the 256 byte symbols (CLIP's also
+  with the word-end mark) and the special tokens, with no merges: every text tokenizes, one
+  token per byte. For random towers (the tiny configs), which no released vocabulary fits."""
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  vocabularies = {
+      "clip": alphabet + [c + "</w>" for c in alphabet] + [CLIP_SPECIAL.bos_token,
+                                                           CLIP_SPECIAL.eos_token],
+      "roberta": [ROBERTA_SPECIAL.bos_token, ROBERTA_SPECIAL.pad_token,
+                  ROBERTA_SPECIAL.eos_token, ROBERTA_SPECIAL.unk_token] + alphabet
+                 + [ROBERTA_SPECIAL.mask_token],
+  }
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, vocabulary in vocabularies.items():
+      os.makedirs(os.path.join(tmp, name))
+      with open(os.path.join(tmp, name, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(vocabulary)}, f)
+      with open(os.path.join(tmp, name, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return {name: LOADERS[name](os.path.join(tmp, name)) for name in vocabularies}

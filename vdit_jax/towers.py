@@ -55,6 +55,25 @@ def tower_specs() -> dict[str, TowerSpec]:
   }
 
 
+def released_architectures() -> dict[str, Any]:
+  """The architectures of the checkpoints VD-IT freezes, for work from shapes alone (parameter
+  counts, the memory planner): damo-vilab/text-to-video-ms-1.7b's unet, vae and text_encoder,
+  laion/CLIP-ViT-H-14-laion2B-s32B-b79K's vision tower and roberta-base, as their
+  config.json files give them."""
+  return {
+      "vae_encoder": vae.VAEEncoderConfig(),
+      "clip_text": clip.CLIPTextConfig(hidden_size=1024, intermediate_size=4096,
+                                       num_hidden_layers=23, num_attention_heads=16,
+                                       hidden_act="gelu", eos_token_id=2),
+      "clip_vision": clip.CLIPVisionConfig(hidden_size=1280, intermediate_size=5120,
+                                           projection_dim=1024, num_hidden_layers=32,
+                                           num_attention_heads=16, patch_size=14,
+                                           hidden_act="gelu"),
+      "roberta": roberta.RobertaConfig(),
+      "unet": unet3d.UNet3DConfig.from_diffusers(unet3d.MODELSCOPE_CONFIG),
+  }
+
+
 def _dtype(name: str, key: str, value) -> jnp.dtype:
   if str(value) not in _DTYPES:
     raise TowerSettingsError(f"tower {name!r}: {key}={value!r} is not one of {_DTYPES}")
@@ -97,25 +116,32 @@ def architecture(name: str, spec: TowerSpec, fields: Mapping[str, Any]):
     raise TowerSettingsError(f"tower {name!r}: bad architecture: {e}") from e
 
 
+def random_tower(name: str, fields: Mapping[str, Any], settings: Mapping[str, Any], *,
+                 seed: int, specs: Mapping[str, TowerSpec] | None = None) -> nnx.Module:
+  """One randomly initialised tower (tests, the tiny demo) of the architecture `fields`
+  (`config.model.random_towers.<name>`) with its run-time settings."""
+  specs = tower_specs() if specs is None else specs
+  if name not in specs:
+    raise TowerSettingsError(f"no tower named {name} (towers: {', '.join(specs)})")
+  spec = specs[name]
+  return build(name, spec, architecture(name, spec, fields), settings,
+               rngs=abstract_build.host_rngs(seed))
+
+
 def random_towers(architectures: Mapping[str, Mapping[str, Any]],
                   settings: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
                   specs: Mapping[str, TowerSpec] | None = None) -> dict[str, nnx.Module]:
-  """Randomly initialised towers (tests, the tiny demo): name -> module.
+  """Randomly initialised towers: name -> module, tower i seeded with seed + i.
 
   Args:
     architectures: tower name -> architecture fields (`config.model.random_towers`).
     settings: tower name -> run-time settings (`config.model.towers`); every tower in
       `architectures` needs an entry.
-    seed: the parameter seed; tower i uses seed + i.
+    seed: the parameter seed.
     specs: name -> TowerSpec; `tower_specs()` by default.
   """
-  specs = tower_specs() if specs is None else specs
-  unknown = sorted(set(architectures) - set(specs))
-  if unknown:
-    raise TowerSettingsError(f"no tower named {', '.join(unknown)} (towers: {', '.join(specs)})")
   unset = sorted(set(architectures) - set(settings))
   if unset:
     raise TowerSettingsError(f"no run-time settings for tower {', '.join(unset)}")
-  return {name: build(name, specs[name], architecture(name, specs[name], fields),
-                      settings[name], rngs=abstract_build.host_rngs(seed + i))
+  return {name: random_tower(name, fields, settings[name], seed=seed + i, specs=specs)
           for i, (name, fields) in enumerate(architectures.items())}

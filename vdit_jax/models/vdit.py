@@ -6,8 +6,9 @@ and RoBERTa. Here:
   towers     the frozen modules (vdit_jax/towers.py), `config.model.towers` run-time settings;
   extractor  the trainable adapters (vdit_jax/models/extractor.py), `config.model.extractor`;
   head       the segmentation head (vdit_jax/models/head.py), `config.model.head`.
-Every parameter under `towers` is frozen and every other one trains: `TRAINABLE` and
-`FROZEN` are the one split the train step, the optimizer and the checkpoints share.
+Every parameter under `towers` is frozen and every other one trains: vdit_jax.train_state's
+`TRAINABLE` and `FROZEN` are the one split the train step, the optimizer and the
+checkpoints share.
 
 Batches are what the pipelines yield (data_pipelines/train_clips.py, eval_windows.py):
 frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) unpadded
@@ -16,18 +17,15 @@ frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) un
 and valid (B, T).
 """
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax import errors, losses, pretrained, towers
+from vdit_jax import errors, losses, pretrained, sharding, towers, train_state
 from vdit_jax.models import head as head_lib
 from vdit_jax.models.extractor import TOWERS_USED, FeatureExtractor
-
-TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("towers")))
-FROZEN = nnx.All(nnx.Param, nnx.PathContains("towers"))
 # Which frames the head sees: all of the clip's, or (A2D / JHMDB, whose clips have one
 # annotated frame) only the annotated one, as the original selects `valid_indices`
 # (diffvos_cross.py:221-230).
@@ -36,45 +34,22 @@ QUERIES = ("best", "all")
 
 
 class VDIT(nnx.Module):
-  """The whole model.
+  """The whole model; `build` makes it from an experiment config.
 
   Args:
     tower_modules: name -> frozen tower (the five of `vdit_jax.backbone_format.TOWERS`).
-    extractor: config.model.extractor.
-    head: config.model.head.
-    mean, std: the frames' statistics (config.data.mean / std).
+    extractor: the adapters, built for these towers.
+    head: the segmentation head.
     head_frames: one of HEAD_FRAMES (config.model.head_frames).
-    rngs: the trainable parts' initialisation and dropout streams.
   """
 
-  def __init__(self, tower_modules: Mapping[str, nnx.Module], *, extractor: Mapping[str, Any],
-               head: Mapping[str, Any], mean: Sequence[float], std: Sequence[float],
-               head_frames: str, rngs: nnx.Rngs):
+  def __init__(self, tower_modules: Mapping[str, nnx.Module], extractor: FeatureExtractor,
+               head: head_lib.ReferringHead, *, head_frames: str):
     if head_frames not in HEAD_FRAMES:
       raise errors.ConfigError(f"config.model.head_frames must be one of {HEAD_FRAMES}, got "
                                f"{head_frames!r}")
     self.towers = nnx.Dict(dict(tower_modules))
-    self.extractor = FeatureExtractor(
-        {n: self.towers[n].config for n in TOWERS_USED}, out_channels=head["in_channels"],
-        mean=mean, std=std, **extractor, rngs=rngs)
-    self.head = head_lib.ReferringHead(**head, rngs=rngs)
-    self.head_frames = head_frames
-
-  @classmethod
-  def from_config(cls, config, *, seed: int = 0, shardings=None) -> "VDIT":
-    """The model of an experiment config: towers from `config.model.weights_dir` (converted
-    weights, placed by `shardings` as `pretrained.load_backbone` takes them) or, when it is
-    "", random ones of the architectures in `config.model.random_towers`."""
-    model = config.model
-    if model.weights_dir:
-      modules = pretrained.load_backbone(model.weights_dir, model.towers, shardings=shardings)
-    elif model.random_towers:
-      modules = towers.random_towers(model.random_towers, model.towers, seed=seed)
-    else:
-      raise errors.ConfigError("config.model: set weights_dir (converted weights) or "
-                               "random_towers (random tiny towers)")
-    return cls(modules, extractor=model.extractor, head=model.head, mean=config.data.mean,
-               std=config.data.std, head_frames=model.head_frames, rngs=nnx.Rngs(seed))
+    self.extractor, self.head, self.head_frames = extractor, head, head_frames
 
   def extract_features(self, frames: jax.Array, pad_mask: jax.Array, clip_ids: jax.Array, *,
                        rng: jax.Array | None = None, deterministic_latents: bool = False):
@@ -113,14 +88,14 @@ class VDIT(nnx.Module):
     """The training loss of a batch (models/criterion.py with matching per decoder layer).
 
     The normaliser, the number of valid frames, is the batch's: jitted over a device mesh
-    on the global batch, it is the global count. Keyword arguments: config.loss.
+    on the global batch, it is the global count. `rng` draws the VAE posterior sample;
+    dropout draws from the model's `dropout` streams (vdit_jax.train_step reseeds them from
+    the step's key). Keyword arguments: config.loss.
 
     Returns:
-      (total weighted loss, {term name: unweighted value, "loss": total}).
+      (total weighted loss, {term name: unweighted value}).
     """
-    latent_rng, dropout_rng = jax.random.split(rng)
-    nnx.reseed(self, dropout=dropout_rng)
-    outputs, features = self(batch, rng=latent_rng)
+    outputs, features = self(batch, rng=rng)
     targets = self._targets(batch)
     num_boxes = losses.num_boxes(targets)
     focal = dict(focal_alpha=focal_alpha, focal_gamma=focal_gamma)
@@ -133,8 +108,7 @@ class VDIT(nnx.Module):
       per_layer.append(losses.layer_losses(out["pred_logits"], out["pred_boxes"], refined,
                                            out["pred_masks_low"], query, targets,
                                            num_boxes=num_boxes, **focal))
-    total, named = losses.total_loss(per_layer, weights)
-    return total, dict(named, loss=total)
+    return losses.total_loss(per_layer, weights)
 
   def _targets(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     targets = {k: batch[k] for k in ("boxes", "valid", "masks")}
@@ -184,3 +158,42 @@ class VDIT(nnx.Module):
 def annotated_frame(batch: Mapping[str, jax.Array]) -> jax.Array:
   """(B,) the first annotated frame of each clip (A2D / JHMDB have exactly one)."""
   return jnp.argmax(batch["annotated"], axis=1)
+
+
+def build(config, *, rules: sharding.Rules | None = None) -> VDIT:
+  """The model of an experiment config, seeded from config.seed.
+
+  The towers come from `config.model.weights_dir` (converted weights) or, when it is "", are
+  random ones of the architectures in `config.model.random_towers`; the extractor's adapters
+  and the head are initialised as the original initialises them. With `rules` every
+  parameter is created (or loaded) straight into its sharding, never whole on one device.
+  """
+  model, seed = config.model, config.seed
+  init = lambda make, prefix: (make() if rules is None
+                               else train_state.init_sharded(make, rules, prefix))
+  if model.weights_dir:
+    modules = pretrained.load_backbone(model.weights_dir, model.towers, shardings=(
+        None if rules is None else rules.within("towers")))
+  elif model.random_towers:
+    modules = {name: init(lambda name=name, fields=fields, i=i: towers.random_tower(
+        name, fields, model.towers[name], seed=seed + i), ("towers", name))
+               for i, (name, fields) in enumerate(model.random_towers.items())}
+  else:
+    raise errors.ConfigError("config.model: set weights_dir (converted weights) or "
+                             "random_towers (random tiny towers)")
+  return assemble(config, modules, rules=rules)
+
+
+def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
+             rules: sharding.Rules | None = None) -> VDIT:
+  """VDIT around given towers: the adapters and the head initialised for them from
+  config.model (seeded from config.seed; created in their shardings with `rules`)."""
+  model, seed = config.model, config.seed
+  init = lambda make, prefix: (make() if rules is None
+                               else train_state.init_sharded(make, rules, prefix))
+  architectures = {n: tower_modules[n].config for n in TOWERS_USED}
+  extractor = init(lambda: FeatureExtractor(
+      architectures, out_channels=model.head.in_channels, mean=config.data.mean,
+      std=config.data.std, **model.extractor, rngs=nnx.Rngs(seed)), ("extractor",))
+  head = init(lambda: head_lib.ReferringHead(**model.head, rngs=nnx.Rngs(seed + 1)), ("head",))
+  return VDIT(tower_modules, extractor, head, head_frames=model.head_frames)
