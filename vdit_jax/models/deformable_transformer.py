@@ -206,7 +206,8 @@ class TransformerOutput(NamedTuple):
   hs: jax.Array  # (L_dec, N, Q, C) every decoder layer's output
   memory: tuple[jax.Array, ...]  # the first L-1 levels of the encoder memory, (N, h, w, C)
   init_reference: jax.Array  # (N, Q, 2) sigmoid(reference_points(query_embed))
-  inter_references: jax.Array  # (L_dec, N, Q, 4) the references after each decoder layer
+  # (L_dec, N, Q, 4) the references after each decoder layer ((..., 2) without refinement)
+  inter_references: jax.Array
 
 
 class DeformableTransformer(nnx.Module):
