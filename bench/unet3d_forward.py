@@ -10,7 +10,6 @@ time, median step times of both, the JAX/PyTorch ratio and the output difference
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
@@ -20,6 +19,7 @@ import torch
 from diffusers import UNet3DConditionModel as TorchUNet3D
 from flax import nnx
 
+from timing import alternating_medians
 from vdit_jax import xla_options
 from vdit_jax.convert.diffusers import unet3d_from_diffusers
 from vdit_jax.models.unet3d import MODELSCOPE_CONFIG
@@ -56,24 +56,6 @@ def torch_sample(sample: np.ndarray) -> torch.Tensor:
   return torch.from_numpy(np.ascontiguousarray(sample.transpose(0, 4, 1, 2, 3)))
 
 
-def _medians(fns, steps: int, rounds: int) -> list[float]:
-  """Median seconds of each fn over `rounds` blocks of steps, blocks alternating between fns.
-
-  Blocks, not single steps, alternate: XLA's and torch's worker threads spin for a while
-  after each call and would slow the other down; alternating blocks spreads drifting load
-  from other processes over both.
-  """
-  times = [[] for _ in fns]
-  for _ in range(rounds):
-    for fn, fn_times in zip(fns, times):
-      fn()
-      for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        fn_times.append(time.perf_counter() - start)
-  return [statistics.median(t) for t in times]
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=1)
@@ -104,7 +86,7 @@ def main():
       return torch_model(torch_x, TIMESTEP, torch_context).sample
 
   ref = torch_step().numpy().transpose(0, 2, 3, 4, 1)
-  jax_s, torch_s = _medians(
+  jax_s, torch_s = alternating_medians(
       [lambda: compiled(state, x, c).block_until_ready(), torch_step], args.steps, args.rounds)
 
   print(f"config {CONFIG}, sample (B, F, H, W, C) = {shape}, context {context.shape}")

@@ -46,11 +46,15 @@ def _levels(n, seed):
           np.concatenate([m.reshape(n, -1) for m in masks], 1), masks)
 
 
-def test_encoder_layer_matches_torch():
-  t = parity.randomized(ref.TorchEncoderLayer(D, FFN, len(SHAPES), HEADS, POINTS), 0.2,
+def _layer_pair(torch_cls, jax_cls):
+  """(JAX layer, torch layer) with the same random weights."""
+  t = parity.randomized(torch_cls(D, FFN, len(SHAPES), HEADS, POINTS), 0.2,
                         norm_scales_near_one=True)
-  layer = _load(dt.DeformableTransformerEncoderLayer(D, FFN, 0.1, len(SHAPES), HEADS, POINTS,
-                                                    rngs=nnx.Rngs(0)), t)
+  return _load(jax_cls(D, FFN, 0.1, len(SHAPES), HEADS, POINTS, rngs=nnx.Rngs(0)), t), t
+
+
+def test_encoder_layer_matches_torch():
+  layer, t = _layer_pair(ref.TorchEncoderLayer, dt.DeformableTransformerEncoderLayer)
   src, pos, mask, masks = _levels(3, 0)
   ratios = np.stack([np.asarray(dt.valid_ratios(m)) for m in masks], 1)
   t_ratios = torch.stack([ref.TorchDeformableTransformer.valid_ratio(torch.from_numpy(m))
@@ -67,10 +71,7 @@ def test_encoder_layer_matches_torch():
 
 
 def test_decoder_layer_matches_torch_with_box_references():
-  t = parity.randomized(ref.TorchDecoderLayer(D, FFN, len(SHAPES), HEADS, POINTS), 0.2,
-                        norm_scales_near_one=True)
-  layer = _load(dt.DeformableTransformerDecoderLayer(D, FFN, 0.1, len(SHAPES), HEADS, POINTS,
-                                                    rngs=nnx.Rngs(0)), t)
+  layer, t = _layer_pair(ref.TorchDecoderLayer, dt.DeformableTransformerDecoderLayer)
   src, _, mask, _ = _levels(2, 1)
   rng = np.random.default_rng(2)
   tgt, query_pos = (rng.standard_normal((2, 5, D)).astype(np.float32) for _ in range(2))
@@ -81,6 +82,25 @@ def test_decoder_layer_matches_torch_with_box_references():
     want = t(*map(torch.from_numpy, (tgt, query_pos, boxes, src)), SHAPES,
              torch.from_numpy(mask))
   parity.assert_close(got, want.numpy())
+
+
+def test_decoder_layer_dropout_only_in_training_mode():
+  """model.train() turns on the layer's dropouts and the self-attention's probability dropout
+  (fresh draws per call); model.eval() gives torch's eval output again."""
+  layer, t = _layer_pair(ref.TorchDecoderLayer, dt.DeformableTransformerDecoderLayer)
+  src, _, mask, _ = _levels(1, 3)
+  rng = np.random.default_rng(5)
+  tgt, query_pos = (rng.standard_normal((1, 4, D)).astype(np.float32) for _ in range(2))
+  points = rng.uniform(0.1, 0.9, (1, 4, len(SHAPES), 2)).astype(np.float32)
+  call = lambda: np.asarray(layer(tgt, query_pos, points, src, SHAPES, mask))
+  with torch.no_grad():
+    want = t(*map(torch.from_numpy, (tgt, query_pos, points, src)), SHAPES,
+             torch.from_numpy(mask)).numpy()
+  layer.train()
+  first, second = call(), call()
+  assert np.abs(first - second).max() > 1e-3 and np.abs(first - want).max() > 1e-3
+  layer.eval()
+  parity.assert_close(call(), want)
 
 
 def test_transformer_with_box_refinement_matches_torch():

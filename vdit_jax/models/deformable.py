@@ -46,8 +46,10 @@ def ms_deform_attn(value: jax.Array, spatial_shapes: Sequence[tuple[int, int]],
 
   Sampling follows `torch.nn.functional.grid_sample(mode="bilinear", padding_mode="zeros",
   align_corners=False)` at grid = 2 * location - 1: pixel (i, j) of a level of size (h, w)
-  covers [j/w, (j+1)/w) x [i/h, (i+1)/h), and corners outside the level read zero. Computed in
-  fp32 whatever the input dtypes.
+  covers [j/w, (j+1)/w) x [i/h, (i+1)/h), and corners outside the level read zero. Pixel
+  coordinates are location * size - 0.5, as in the original's CUDA kernel
+  (models/ops/src/cuda/ms_deform_im2col_cuda.cuh:285). Computed in fp32 whatever the input
+  dtypes.
 
   Args:
     value: (B, S, H, Dh), S = sum of h*w over the levels, level-major, row-major in a level.

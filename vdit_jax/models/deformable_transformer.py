@@ -31,14 +31,14 @@ SpatialShapes = Sequence[tuple[int, int]]
 
 def inverse_sigmoid(x: jax.Array, eps: float = 1e-5) -> jax.Array:
   """log(x / (1 - x)) with x clamped to [0, 1] and both terms to at least eps
-  (VD-IT util/misc.py `inverse_sigmoid`)."""
+  (VD-IT util/misc.py:560)."""
   x = jnp.clip(x, 0.0, 1.0)
   return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))
 
 
 def valid_ratios(mask: jax.Array) -> jax.Array:
   """(N, h, w) padding mask -> (N, 2): the unpadded fraction of the width and the height, read
-  off the first row and the first column (the original's `get_valid_ratio`)."""
+  off the first row and the first column (VD-IT models/deformable_transformer.py:125)."""
   _, h, w = mask.shape
   valid_h = jnp.sum(~mask[:, :, 0], axis=1)
   valid_w = jnp.sum(~mask[:, 0, :], axis=1)
@@ -47,7 +47,7 @@ def valid_ratios(mask: jax.Array) -> jax.Array:
 
 def encoder_reference_points(spatial_shapes: SpatialShapes, ratios: jax.Array) -> jax.Array:
   """The encoder's reference points: every pixel centre of every level, normalised by the level's
-  valid size, seen from each level (the original's `get_reference_points`).
+  valid size, seen from each level (VD-IT models/deformable_transformer.py:269).
 
   Args:
     spatial_shapes: static (h, w) per level.
@@ -156,7 +156,9 @@ class DeformableTransformerEncoder(nnx.Module):
 
 
 class DeformableTransformerDecoder(nnx.Module):
-  """A stack of decoder layers with iterative box refinement."""
+  """A stack of decoder layers with iterative box refinement (VD-IT
+  models/deformable_transformer.py:350; the top-k sampling points it also keeps, for
+  visualisation only, are not computed)."""
 
   def __init__(self, layers: Sequence[DeformableTransformerDecoderLayer]):
     self.layers = nnx.List(layers)
@@ -204,9 +206,12 @@ class DeformableTransformerDecoder(nnx.Module):
 class TransformerOutput(NamedTuple):
   """What `DeformableTransformer` returns (the original's first four outputs)."""
   hs: jax.Array  # (L_dec, N, Q, C) every decoder layer's output
-  memory: tuple[jax.Array, ...]  # the first L-1 levels of the encoder memory, (N, h, w, C)
+  # the encoder memory of the first L-1 levels (strides 8 to 32), (N, h, w, C); the original
+  # returns no more (VD-IT models/deformable_transformer.py:205)
+  memory: tuple[jax.Array, ...]
   init_reference: jax.Array  # (N, Q, 2) sigmoid(reference_points(query_embed))
-  inter_references: jax.Array  # (L_dec, N, Q, 4) the references after each decoder layer
+  # (L_dec, N, Q, 4) the references after each decoder layer ((..., 2) without refinement)
+  inter_references: jax.Array
 
 
 class DeformableTransformer(nnx.Module):
