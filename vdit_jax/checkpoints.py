@@ -244,6 +244,45 @@ def load_trainable(path: str, params: nnx.State, *, skip: Iterable[str],
       for path, var in nnx.to_flat_state(params)])
 
 
+def is_export(path: str) -> bool:
+  """Whether `path` is an export directory (WORKDIR/export, or `convert vdit`'s output)."""
+  return (os.path.isfile(os.path.join(path, "manifest.json"))
+          and os.path.isdir(os.path.join(path, "params")))
+
+
+def load_trained(path: str, params: nnx.State, *, backbone: Mapping[str, Any]
+                 ) -> tuple[nnx.State, int]:
+  """Trained parameters for evaluation and prediction: (`params` filled, the step).
+
+  Args:
+    path: an export directory (`is_export`), or a run's checkpoint as `load_trainable`
+      takes it (a workdir, its checkpoints/, checkpoints/<step> or checkpoints/LATEST).
+    params: the model's trainable parameters (their shapes, dtypes and shardings are the
+      targets; stored values are cast to their dtypes).
+    backbone: the model's `backbone_reference`.
+
+  Raises:
+    CheckpointError: nothing there, another backbone, or parameters that do not match.
+  """
+  if not is_export(path):
+    return load_trainable(path, params, skip=(), backbone=backbone), _resolve(path)[1]
+  with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  check_backbone(manifest["backbone"], backbone, path)
+  values = {tuple(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(params)}
+  params_dir = os.path.join(path, "params")
+  with pretrained.params_checkpointer() as checkpointer:
+    stored = pretrained.stored_shapes(checkpointer.metadata(params_dir).item_metadata.tree)
+    problems = pretrained.shape_mismatches(stored, {k: x.shape for k, x in values.items()})
+    if problems:
+      raise CheckpointError(f"{path}: its parameters do not fit this model (config.model):"
+                            "\n  " + "\n  ".join(problems[:20]))
+    target = pretrained.nest({k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                              for k, x in values.items()})
+    restored = checkpointer.restore(params_dir, args=_restore_args(target))
+  return from_nested(restored, params), manifest["step"]
+
+
 def export(workdir: str, config) -> str:
   """Writes WORKDIR/export/ from the run's latest checkpoint; returns its path.
 
