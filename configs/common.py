@@ -210,6 +210,9 @@ def evaluation(split: str, *, queries: str, window: int, size_divisor: int,
       queries=queries,
       # Mask probabilities above it are foreground (VD-IT inference_ytvos.py:232).
       mask_threshold=0.5,
+      # The VAE posterior's mean instead of a sample, which the original draws at inference
+      # too (train_itcross_pn.py:265-281): reproducible, a deviation from the original.
+      deterministic_latents=False,
       **extra,
   ))
 

@@ -55,28 +55,16 @@ def test_tiny_points_at_the_synthetic_data_commands(tmp_path):
           in run.stderr)
 
 
-def test_unimplemented_mode_is_refused_not_faked(tmp_path):
-  path = tmp_path / "data" / "synthetic_shards" / "ytvos" / "train"
-  path.mkdir(parents=True)
-  (path / "dataset_info.json").write_text("{}")
-  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny")
-  assert run.returncode == 2
-  assert "not implemented yet" in run.stderr
-
-
 @pytest.mark.parametrize("override", [
     "--config.data.cycle_length=8", "--config.data.num_epochs=3",
     "--config.data.buckets=((96, 96), (128, 128))", "--config.data.augmentation.flip_prob=0",
     "--config.data.text.roberta_max_length=64", "--config.eval.preprocessing.window=8"])
 def test_data_fields_override_from_the_command_line(tmp_path, override):
-  """Every pipeline setting is declared in the config, so a flag reaches it; the run then
-  stops at the mode that has not landed."""
-  path = tmp_path / "data" / "synthetic_shards" / "ytvos" / "train"
-  path.mkdir(parents=True)
-  (path / "dataset_info.json").write_text("{}")
-  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny", override)
-  assert run.returncode == 2, run.stderr
-  assert "not implemented yet" in run.stderr
+  """Every pipeline setting is declared in the config, so a flag reaches it; the export run
+  then stops at its first missing input, the checkpoint."""
+  run = _main(tmp_path, f"--config={REPO}/configs/ytvos.py:tiny", override, "--mode=export")
+  assert run.returncode == 1, run.stderr
+  assert "trained checkpoint not found" in run.stderr
 
 
 @pytest.mark.parametrize("override, error", [

@@ -1,6 +1,6 @@
-r"""The vdit-jax entry point: train, evaluate, predict or export from one config.
+r"""The vdit-jax entry point: train, evaluate or export from one config.
 
-  python -m vdit_jax.main --config=configs/ytvos.py --workdir=DIR [--mode=train|eval|predict|export]
+  python -m vdit_jax.main --config=configs/ytvos.py --workdir=DIR [--mode=train|eval|export]
       [--config.optimizer.lr=1e-4 ...]
 
 Before any work starts, every input the mode needs (dataset shards, converted backbone,
@@ -24,17 +24,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/ytvos.py or configs/ytvos.py:tiny.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
-                          "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"],
+                          "What to run (prediction on your own videos: python -m "
+                          "vdit_jax.predict).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of input errors too.")
-
-# Modes whose implementation has not landed yet, with what each needs.
-_NOT_YET = {
-    "train": "the training loop (model, losses and train step)",
-    "eval": "the evaluators (J&F, mAP, overall / mean IoU)",
-    "predict": "prediction on user videos",
-    "export": "checkpoint export",
-}
 
 
 def _initialize_distributed() -> None:
@@ -80,9 +73,18 @@ def _run() -> int:
     print(missing.message(), file=sys.stderr)
     return 1
   logging.info("all inputs of --mode=%s are present", _MODE.value)
-  print(f"--mode={_MODE.value} is not implemented yet: it needs {_NOT_YET[_MODE.value]}, "
-        "which has not landed. See README.md for what works today.", file=sys.stderr)
-  return 2
+  # Deferred: a run that fails preflight never pays for importing JAX and the model.
+  from vdit_jax import experiment
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  if _MODE.value == "train":
+    outcome = experiment.run_train(config, workdir)
+    print(f"{'stopped' if outcome.preempted else 'trained'} at step {outcome.step}; "
+          f"checkpoints in {os.path.join(workdir, 'checkpoints')}")
+  elif _MODE.value == "eval":
+    print(f"results in {experiment.run_eval(config, workdir).results}")
+  else:
+    print(f"exported to {experiment.run_export(config, workdir)}")
+  return 0
 
 
 def main(argv) -> int:

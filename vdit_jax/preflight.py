@@ -80,7 +80,12 @@ def requirements(config: ml_collections.ConfigDict, mode: str, workdir: str,
   if mode == "eval":
     needs.extend(shards(config, config.eval.split))
   needs.append(backbone(config))
-  if mode in ("eval", "predict", "export"):
+  if mode == "eval" and config.eval.checkpoint:
+    needs.append(Requirement(
+        what="checkpoint to evaluate (config.eval.checkpoint)", path=config.eval.checkpoint,
+        command="python -m vdit_jax.convert vdit --checkpoint vdit.pth --out "
+                f"{config.eval.checkpoint}, or a run's export / checkpoint directory"))
+  elif mode in ("eval", "export"):
     needs.append(checkpoint(workdir, config_flag))
   return [need for need in needs if need is not None]
 
