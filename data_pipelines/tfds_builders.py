@@ -312,7 +312,7 @@ class RefCocoReferformer(VideoRecordBuilder):
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name=subset, description=f"{subset} in ReferFormer's "
                               f"instances_{subset}_{{train,val}}.json")
-      for subset in refcoco.SUBSETS]
+      for subset in refcoco.PARTITIONS]
   DESCRIPTION = (
       "RefCOCO, RefCOCO+ and RefCOCOg (one builder config each): referring expressions for "
       "objects of COCO train2014 images, with the objects' COCO masks, in the form ReferFormer "
