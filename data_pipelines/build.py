@@ -9,15 +9,18 @@ writes `<out>/<split>/` as `shards.py` describes. The sorted video ids are cut i
 spawned worker processes read and encode the videos, and the main process writes them in
 order, so the bytes do not depend on K. Everything is written into a temporary directory
 beside the target and renamed into place at the end; an existing target is an error unless
---overwrite. A video whose reading or encoding fails stops the build with an error naming
-it, or with --skip_bad_records is logged, left out and listed in dataset_info.json.
+--overwrite. A video whose reading or encoding fails (or that lacks the frame an expression
+is anchored on) stops the build with an error naming it, or with --skip_bad_records is
+logged, left out and listed in dataset_info.json, which also records what counting the
+training samples needs (`sampling.AnchorCounts`).
 
   python -m data_pipelines.build --dataset ytvos --raw DIR --out DIR --format tfds [...]
 
 prepares every split at once, without --split, as the TFDS ArrayRecord dataset of
 `tfds_builders.py` in `<out>/<TFDS name>/[<config>/]<version>/` (RefCOCO: one per subset);
 --num_shards then counts the shards of each split (default: TFDS's choice by size), and the
-other flags mean the same. Skipped videos are listed in that directory's metadata.json.
+other flags mean the same. Skipped videos and the AnchorCounts of each split are in that
+directory's metadata.json.
 """
 
 import argparse
@@ -38,6 +41,7 @@ import tqdm
 
 from data_pipelines import readers
 from data_pipelines import records
+from data_pipelines import sampling
 from data_pipelines import shards
 from vdit_jax import atomic_dir, errors
 
@@ -65,6 +69,7 @@ class EncodedVideo:
   data: bytes | None = None
   num_expressions: int = 0
   num_frames: int = 0
+  anchors: sampling.AnchorCounts = sampling.AnchorCounts()
   error: str | None = None
 
 
@@ -74,9 +79,10 @@ def _read_and_encode(task: _Task) -> EncodedVideo:
     record = readers.get_reader(task.dataset).read_video(task.raw_root, task.split,
                                                          task.video_id)
     data = records.encode(record)
+    anchors = sampling.AnchorCounts.of(record)
   except Exception as e:  # pylint: disable=broad-except  (reported or skipped by the caller)
     return EncodedVideo(task.video_id, error=f"{type(e).__name__}: {e}")
-  return EncodedVideo(task.video_id, data, len(record.expressions), len(record.frames))
+  return EncodedVideo(task.video_id, data, len(record.expressions), len(record.frames), anchors)
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -140,6 +146,7 @@ def _write_shards(directory: str, dataset: str, raw_root: str, split: str, video
   """Writes the shards of the (sorted) videos into `directory`; returns the dataset_info dict."""
   bounds = [k * len(video_ids) // num_shards for k in range(num_shards + 1)]
   counts = collections.Counter()
+  anchors = sampling.AnchorCounts()
   skipped, shard_infos = [], []
   videos = read_videos(dataset, raw_root, split, video_ids, workers=workers,
                        skip_bad_records=skip_bad_records, skipped=skipped)
@@ -154,14 +161,16 @@ def _write_shards(directory: str, dataset: str, raw_root: str, split: str, video
           writer.write(result.data)
           counts.update(num_videos=1, num_expressions=result.num_expressions,
                         num_frames=result.num_frames)
+          anchors += result.anchors
       shard_infos.append(dataclasses.asdict(writer.info))
   if not counts["num_videos"]:
     raise BuildError(f"every one of the {len(video_ids)} videos failed; nothing to write")
   return {
-      "dataset": dataset, "split": split, "format": fmt,
+      "info_version": shards.INFO_VERSION, "dataset": dataset, "split": split, "format": fmt,
       "record_version": records.RECORD_VERSION,
       "num_videos": counts["num_videos"], "num_expressions": counts["num_expressions"],
       "num_frames": counts["num_frames"], "num_skipped": len(skipped), "skipped": skipped,
+      "expressions_by_anchor_frames": anchors.to_json(),
       "feature_spec": records.feature_spec_json(), "shards": shard_infos,
   }
 

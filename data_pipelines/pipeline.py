@@ -21,6 +21,10 @@ part of the config, every field declared once, with its meaning, in configs/comm
                                                    CaptionTokenizer)
   worker processes                   here          data.{worker_count, worker_buffer_size}
 
+An epoch, the unit of config.schedule, is `steps_per_epoch` updates: the training samples
+(`train_sample_count`, counted from what the build recorded, no record read) over the global
+batch.
+
 Train batches (B = per-process batch, T = num_frames, (H, W) the smallest bucket that holds
 every clip of the batch): the training example of train_clips, stacked, frames and masks
 padded to (H, W), plus pad_mask (B, H, W) bool, True on padding. Eval elements: one window
@@ -39,6 +43,8 @@ Bad input: a corrupt record, frame or mask raises an error naming the shard, rec
 frame; with skip_bad_records it is skipped, counted (bad_input.skipped_counts(), per decoding
 process) and logged. A truncated or CRC-failing TFRecord ends that shard.
 """
+
+import os
 
 import grain
 
@@ -138,6 +144,40 @@ def make_eval_iter(config, process_index: int = 0, process_count: int = 1,
                                                                 skip_bad))
   ds = ds.map(eval_windows.EvalWindow(preprocessing, skip_bad, tokenize)).filter(_is_example)
   return iter(_prefetch(ds, config.data, units))
+
+
+def _anchor_counts(data, split: str) -> sampling.AnchorCounts:
+  """The AnchorCounts the build recorded for a reader's split."""
+  if data.format == "tfds":
+    from data_pipelines import tfds_builders  # Deferred: an optional extra.
+    return tfds_builders.anchor_counts(data.tfds_dir, data.dataset, split)
+  info = shards.read_current_info(data.shards_dir, split)
+  where = (f"{os.path.join(shards.split_dir(data.shards_dir, split), shards.INFO_FILE)} "
+           f"expressions_by_anchor_frames")
+  return sampling.AnchorCounts.from_json(info.get("expressions_by_anchor_frames"), where)
+
+
+def train_sample_count(config) -> int:
+  """How many training samples (sampling.ClipSampling.samples over every record) an epoch of
+  config.data.split holds (RefCOCO: of every subset), at config.data.sampling.num_frames;
+  from what the build recorded, without reading a record."""
+  data = config.data
+  counts = sum((_anchor_counts(data, split) for split in _splits(data, data.split)),
+               sampling.AnchorCounts())
+  return sampling.ClipSampling(**data.sampling).sample_count(counts)
+
+
+def steps_per_epoch(config) -> int:
+  """The updates of an epoch: train_sample_count // config.data.batch_size (the global
+  batch), the unit of config.schedule's epochs; an epoch without a step is a ConfigError."""
+  data = config.data
+  samples = train_sample_count(config)
+  if samples < data.batch_size:
+    raise errors.ConfigError(
+        f"config.data.batch_size {data.batch_size} exceeds the {samples} training samples of "
+        f"{data.dataset} {data.split} (at config.data.sampling.num_frames="
+        f"{data.sampling.num_frames}): an epoch would have no step")
+  return samples // data.batch_size
 
 
 def eval_video_count(config, process_index: int = 0, process_count: int = 1) -> int:

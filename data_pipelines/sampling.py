@@ -26,12 +26,18 @@ Anchors:
   `record.meta[raw.anchor_key(exp_id)]` ("frame/<exp_id>") as a frame name.
 - RefCOCO: the single image (anchor 0); its pseudo-video is made by transforms.
 
+An expression's anchors are every stride-th of its `anchor_frames` (stride 1), so how many
+samples a split holds at any stride follows from how many anchor frames each expression has
+(`AnchorCounts`, which the build records).
+
 All randomness comes from the `np.random.Generator` the caller passes (the pipeline's grain
 `random_map` seeds it from (seed, element index)), so a clip is a pure function of the
 generator state: deterministic and checkpointable.
 """
 
+import collections
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 
@@ -40,7 +46,8 @@ from vdit_jax import errors
 
 
 class SampleError(errors.UserError, ValueError):
-  """A record whose samples cannot be formed (an anchor frame the video does not have)."""
+  """A record whose samples cannot be formed (an anchor frame the video does not have), or
+  recorded AnchorCounts that cannot be read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +84,9 @@ def annotated_indices(record: raw.VideoRecord) -> tuple[int, ...]:
   return tuple(i for i, name in enumerate(record.frame_names) if name in annotated)
 
 
-def expression_anchors(record: raw.VideoRecord, exp_index: int, stride: int) -> tuple[int, ...]:
-  """The anchor frames (indices in frame_names) of one expression; see the module docstring."""
+def anchor_frames(record: raw.VideoRecord, exp_index: int) -> tuple[int, ...]:
+  """The frames (indices in frame_names) one expression may be anchored on: its named frame
+  (A2D / JHMDB), else every annotated frame (every frame when none is annotated)."""
   expression = record.expressions[exp_index]
   named = record.meta.get(raw.anchor_key(expression.exp_id))
   if named is not None:
@@ -87,8 +95,13 @@ def expression_anchors(record: raw.VideoRecord, exp_index: int, stride: int) -> 
                         f"{expression.exp_id!r} is anchored on frame {named!r}, which the "
                         f"video does not have")
     return (record.frame_names.index(named),)
-  annotated = annotated_indices(record) or tuple(range(len(record.frame_names)))
-  return annotated[::stride]
+  return annotated_indices(record) or tuple(range(len(record.frame_names)))
+
+
+def expression_anchors(record: raw.VideoRecord, exp_index: int, stride: int) -> tuple[int, ...]:
+  """The anchor frames (indices in frame_names) of one expression: every `stride`-th of its
+  anchor_frames (so a named frame is the one anchor at any stride)."""
+  return anchor_frames(record, exp_index)[::stride]
 
 
 def expand(record: raw.VideoRecord, stride: int) -> list[Sample]:
@@ -98,6 +111,50 @@ def expand(record: raw.VideoRecord, stride: int) -> list[Sample]:
     anchors = expression_anchors(record, e, stride)
     samples.extend(Sample(record, e, a, anchors) for a in anchors)
   return samples
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorCounts:
+  """How many expressions of some videos have how many anchor_frames: all a count of their
+  training samples needs, at any stride, without the videos (an expression with n anchor
+  frames has ceil(n / stride) anchors, `expression_anchors`). The build records a split's
+  in its dataset_info.json / TFDS metadata (`to_json`).
+
+  expressions: {number of anchor frames: how many expressions have that many}.
+  """
+  expressions: Mapping[int, int] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def of(cls, record: raw.VideoRecord) -> "AnchorCounts":
+    """The counts of one video; a named anchor frame it lacks raises SampleError."""
+    return cls(dict(collections.Counter(
+        len(anchor_frames(record, e)) for e in range(len(record.expressions)))))
+
+  def __add__(self, other: "AnchorCounts") -> "AnchorCounts":
+    total = collections.Counter(self.expressions)
+    total.update(other.expressions)
+    return AnchorCounts(dict(total))
+
+  def samples(self, stride: int) -> int:
+    """How many samples `expand(record, stride)` gives over all the videos counted."""
+    return sum(count * -(-frames // stride) for frames, count in self.expressions.items())
+
+  def to_json(self) -> list[list[int]]:
+    """[[anchor frames, expressions], ...] in increasing anchor frames."""
+    return [[frames, count] for frames, count in sorted(self.expressions.items())]
+
+  @classmethod
+  def from_json(cls, value, where: str) -> "AnchorCounts":
+    """Reads `to_json`'s form; anything else raises SampleError naming `where`."""
+    well_formed = isinstance(value, list) and all(
+        isinstance(pair, list) and len(pair) == 2
+        and all(type(n) is int and n >= 0 for n in pair) for pair in value)
+    if not well_formed:
+      raise SampleError(f"{where}: expected [[anchor frames, expressions], ...] of "
+                        f"non-negative integers, got {value!r:.200}")
+    if len({frames for frames, _ in value}) != len(value):
+      raise SampleError(f"{where}: anchor frame counts listed twice in {value!r:.200}")
+    return cls({frames: count for frames, count in value})
 
 
 def clip_indices(rng: np.random.Generator, anchor: int, num_frames: int, video_length: int,
@@ -174,6 +231,10 @@ class ClipSampling:
   def samples(self, record: raw.VideoRecord) -> list[Sample]:
     """The video's training samples, anchors every num_frames-th annotated frame."""
     return expand(record, self.num_frames)
+
+  def sample_count(self, counts: AnchorCounts) -> int:
+    """len(self.samples(record)) summed over the videos `counts` counts."""
+    return counts.samples(self.num_frames)
 
   def indices(self, rng: np.random.Generator, sample: Sample) -> np.ndarray:
     """(T,) frame indices of one clip of `sample` (clip_indices)."""

@@ -7,9 +7,12 @@ nests one level deeper):
   ...
   dataset_info.json
 
-dataset_info.json: {"dataset", "split", "format", "record_version", "num_videos",
-"num_expressions", "num_frames", "num_skipped", "skipped": [{"video_id", "error"}],
-"feature_spec": records.feature_spec_json(), "shards": [{"file", "num_records", "sha256"}]}.
+dataset_info.json: {"info_version", "dataset", "split", "format", "record_version",
+"num_videos", "num_expressions", "num_frames", "num_skipped", "skipped": [{"video_id",
+"error"}], "expressions_by_anchor_frames": sampling.AnchorCounts.to_json() (what counting the
+training samples for any clip length needs), "feature_spec": records.feature_spec_json(),
+"shards": [{"file", "num_records", "sha256"}]}. "info_version" is INFO_VERSION; files without
+it (version 1) predate "expressions_by_anchor_frames".
 
 TFRecord framing, per record: uint64 length (little-endian), masked crc32c of those 8 bytes
 (uint32 LE), the record bytes, masked crc32c of the record bytes (uint32 LE); the mask is
@@ -35,6 +38,7 @@ from vdit_jax import errors
 
 FORMATS = ("tfrecord", "array_record")
 INFO_FILE = "dataset_info.json"
+INFO_VERSION = 2
 
 _CRC_MASK_DELTA = 0xA282EAD8
 _LENGTH = struct.Struct("<Q")
@@ -213,6 +217,21 @@ def read_info(directory: str) -> dict:
     raise ShardError(f"{path} does not exist: not a built split directory")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+def read_current_info(root: str, split: str) -> dict:
+  """dataset_info.json of `split` under `root`, which must be of INFO_VERSION; an older one
+  raises ShardError naming the command that rebuilds it."""
+  directory = split_dir(root, split)
+  info = read_info(directory)
+  version = info.get("info_version", 1)
+  if version != INFO_VERSION:
+    raise ShardError(
+        f"{os.path.join(directory, INFO_FILE)} is of version {version}, this code reads "
+        f"version {INFO_VERSION}; rebuild the split with python -m data_pipelines.build "
+        f"--dataset {info.get('dataset', 'DATASET')} --raw RAW --split {split} --out {root} "
+        f"--format {info.get('format', 'FORMAT')} --overwrite")
+  return info
 
 
 def _shard_paths(directory: str) -> list[tuple[str, dict]]:

@@ -8,7 +8,7 @@
   davis      ref_davis17                                        train, valid
   a2d        a2d_sentences                                      train, test
   jhmdb      jhmdb_sentences                                    test
-  refcoco    ref_coco_referformer/{refcoco,refcoco+,refcocog}   train, val
+  refcoco    ref_coco_referformer/<partition>                   refcoco.PARTITIONS' splits
 
 The `tfds build` command of tensorflow-datasets 4.9.10 imports TensorFlow at start-up; without
 it, prepare a dataset with the build command above (atomic, with worker processes) or with
@@ -46,8 +46,9 @@ from data_pipelines import build
 from data_pipelines import readers
 from data_pipelines import refcoco
 from data_pipelines import records
+from data_pipelines import sampling
 
-DATASET_VERSION = "1.0.0"
+DATASET_VERSION = "1.1.0"
 
 # What each records.FEATURE_SPEC feature holds, for the catalog.
 _FEATURE_DOCS = {
@@ -113,12 +114,17 @@ class VideoRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   Keyword arguments beyond TFDS's: `workers` spawned processes read and encode the videos
   (build.read_videos), and `skip_bad_records` leaves out (and lists in the metadata, under
-  "skipped") a video that fails to read instead of failing the build. The file format
-  defaults to ArrayRecord, the one TFDS writes and reads at random without TensorFlow.
+  "skipped") a video that fails to read instead of failing the build. The metadata also
+  holds each split's sampling.AnchorCounts, under "expressions_by_anchor_frames". The file
+  format defaults to ArrayRecord, the one TFDS writes and reads at random without TensorFlow.
   """
 
   VERSION = tfds.core.Version(DATASET_VERSION)
-  RELEASE_NOTES = {DATASET_VERSION: "Initial release: the records.py version 1 features."}
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: the records.py version 1 features.",
+      "1.1.0": "metadata.json holds each split's sampling.AnchorCounts "
+               "(\"expressions_by_anchor_frames\"), which counts training samples.",
+  }
   DATASET = ""  # The reader's name (readers.READERS).
   DESCRIPTION = ""
   HOMEPAGE = ""
@@ -134,7 +140,7 @@ class VideoRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         builder=self, description=self.DESCRIPTION, features=features(),
         homepage=self.HOMEPAGE, citation=self.CITATION,
         disable_shuffling=True,  # Record i of a split is record i of the project's shards.
-        metadata=tfds.core.MetadataDict(skipped={}))
+        metadata=tfds.core.MetadataDict(skipped={}, expressions_by_anchor_frames={}))
 
   def _splits(self) -> dict[str, str]:
     """TFDS split -> the reader's split, of this builder config's subset (RefCOCO)."""
@@ -152,15 +158,19 @@ class VideoRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             for split, reader_split in self._splits().items()}
 
   def _generate_examples(self, root: str, split: str, reader_split: str):
-    """(video id, example) of every video of the split, in the reader's sorted order."""
+    """(video id, example) of every video of the split, in the reader's sorted order; the
+    split's skipped videos and AnchorCounts go into the metadata."""
     skipped = self.info.metadata["skipped"].setdefault(split, [])
+    anchors = sampling.AnchorCounts()
     video_ids = build.list_videos(self.DATASET, root, reader_split)
     for video in build.read_videos(self.DATASET, root, reader_split, video_ids,
                                    workers=self._workers,
                                    skip_bad_records=self._skip_bad_records, skipped=skipped):
       if video is not None:
+        anchors += video.anchors
         where = f"{self.DATASET}/{reader_split}/{video.video_id}"
         yield video.video_id, _example(video.data, where)
+    self.info.metadata["expressions_by_anchor_frames"][split] = anchors.to_json()
 
 
 _VIDEO_EXAMPLE = ("One example per video: its frames as the stored image bytes, its id-map "
@@ -302,7 +312,7 @@ class RefCocoReferformer(VideoRecordBuilder):
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name=subset, description=f"{subset} in ReferFormer's "
                               f"instances_{subset}_{{train,val}}.json")
-      for subset in refcoco.SUBSETS]
+      for subset in refcoco.PARTITIONS]
   DESCRIPTION = (
       "RefCOCO, RefCOCO+ and RefCOCOg (one builder config each): referring expressions for "
       "objects of COCO train2014 images, with the objects' COCO masks, in the form ReferFormer "
@@ -377,14 +387,30 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None
   return os.fspath(builder.data_dir)
 
 
-def raw_data_source(data_dir: str, dataset: str, split: str):
-  """Random access to the raw record bytes of a reader's split of a prepared TFDS dataset
-  (records.decode reads them); a dataset not prepared in `data_dir` is a UserError."""
+def _prepared(data_dir: str, dataset: str, split: str) -> tuple[tfds.core.DatasetBuilder, str]:
+  """The builder and TFDS split of a reader's split; a dataset not prepared in `data_dir` at
+  DATASET_VERSION (none, or an older version) is a UserError naming the build command."""
   name, tfds_split = name_and_split(dataset, split)
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise errors.UserError(
         f"no TFDS dataset {name} in {dataset_dir(data_dir, name)}; build it with python -m "
         f"data_pipelines.build --dataset {dataset} --raw RAW --out {data_dir} --format tfds")
+  return builder, tfds_split
+
+
+def raw_data_source(data_dir: str, dataset: str, split: str):
+  """Random access to the raw record bytes of a reader's split of a prepared TFDS dataset
+  (records.decode reads them); a dataset not prepared in `data_dir` is a UserError."""
+  builder, tfds_split = _prepared(data_dir, dataset, split)
   return builder.as_data_source(split=tfds_split,
                                 deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+
+def anchor_counts(data_dir: str, dataset: str, split: str) -> sampling.AnchorCounts:
+  """The AnchorCounts of a reader's split of a prepared TFDS dataset, from its metadata."""
+  builder, tfds_split = _prepared(data_dir, dataset, split)
+  where = (f"{os.path.join(builder.data_dir, 'metadata.json')} "
+           f"expressions_by_anchor_frames[{tfds_split!r}]")
+  return sampling.AnchorCounts.from_json(
+      builder.info.metadata["expressions_by_anchor_frames"].get(tfds_split), where)

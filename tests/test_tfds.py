@@ -30,10 +30,11 @@ from data_pipelines import build  # noqa: E402
 from data_pipelines import pipeline  # noqa: E402
 from data_pipelines import readers  # noqa: E402
 from data_pipelines import records  # noqa: E402
+from data_pipelines import sampling  # noqa: E402
 from data_pipelines import shards  # noqa: E402
 from data_pipelines import sources  # noqa: E402
 from data_pipelines import synthetic  # noqa: E402
-from data_pipelines import tfds_builders  # noqa: E402,F401  (registers the builders with TFDS)
+from data_pipelines import tfds_builders  # noqa: E402  (also registers the builders with TFDS)
 from vdit_jax import errors  # noqa: E402
 from vdit_jax import preflight  # noqa: E402
 
@@ -43,6 +44,7 @@ TFDS_NAMES = {"ytvos": "ref_youtube_vos", "davis": "ref_davis17", "a2d": "a2d_se
 CONFIGS = {"ytvos": ytvos_config, "davis": davis_config, "a2d": a2d_config,
            "jhmdb": jhmdb_config, "refcoco": refcoco_config}
 NUM_SHARDS = 2
+VERSION = "1.1.0"  # The version directory the README names.
 
 
 def _tfds_split(dataset, split):
@@ -104,6 +106,7 @@ def test_built_without_tensorflow_as_catalog_entries(built):
       assert {info.splits[s].num_shards for s in info.splits} == {NUM_SHARDS}
       assert list(info.features) == list(records.FEATURE_SPEC)
       assert info.metadata["skipped"] == {s: [] for s in num_examples}
+      assert sorted(info.metadata["expressions_by_anchor_frames"]) == sorted(num_examples)
       assert info.description and info.citation.startswith("@") and info.homepage
       assert "manual dir" in builder.MANUAL_DOWNLOAD_INSTRUCTIONS
 
@@ -195,6 +198,38 @@ def test_each_process_reads_what_the_project_shards_give_it(built):
     sources.TfdsSource(tfds_dir, "ytvos", ("train",), 0, 3)
 
 
+@pytest.mark.parametrize("dataset", ["ytvos", "a2d", "refcoco"])
+def test_sample_counts_from_the_tfds_metadata(built, dataset):
+  """The count from the TFDS metadata equals the project shards' and ClipSampling.samples of
+  every TFDS record, at two clip lengths."""
+  tfds_dir, twins, _ = built
+  for num_frames in (3, 5):
+    configs = {fmt: _config(dataset, twins[dataset], tfds_dir, fmt)
+               for fmt in ("array_record", "tfds")}
+    data = configs["tfds"].data
+    data.sampling.num_frames = num_frames
+    configs["array_record"].data.sampling.num_frames = num_frames
+    clip_sampling = sampling.ClipSampling(**data.sampling)
+    iterated = 0
+    for split in [f"{s}/{data.split}" for s in data.subsets] or [data.split]:
+      source = tfds_builders.raw_data_source(tfds_dir, dataset, split)
+      iterated += sum(len(clip_sampling.samples(records.decode(source[i])))
+                      for i in range(len(source)))
+    assert {fmt: pipeline.train_sample_count(c) for fmt, c in configs.items()} == {
+        "array_record": iterated, "tfds": iterated}
+
+
+def test_an_older_tfds_version_names_the_build_command(built, tmp_path):
+  tfds_dir, twins, _ = built
+  old = tmp_path / "tfds"
+  shutil.copytree(tfds_builders.dataset_dir(tfds_dir, "ref_youtube_vos"),
+                  old / "ref_youtube_vos" / "1.0.0")
+  config = _config("ytvos", twins["ytvos"], str(old), "tfds")
+  command = f"python -m data_pipelines.build --dataset ytvos --raw RAW --out {old} --format tfds"
+  with pytest.raises(errors.UserError, match=re.escape(command)):
+    pipeline.train_sample_count(config)
+
+
 def _files(directory):
   return {name: os.path.getsize(os.path.join(directory, name))
           for name in sorted(os.listdir(directory))}
@@ -204,7 +239,7 @@ def test_build_refuses_overwrites_atomically_and_skips_bad_videos(built, tmp_pat
   _, twins, _ = built
   raw, out = str(tmp_path / "raw"), str(tmp_path / "tfds")
   shutil.copytree(twins["ytvos"].raw, raw)
-  target = os.path.join(out, "ref_youtube_vos", "1.0.0")
+  target = tfds_builders.dataset_dir(out, "ref_youtube_vos")
   args = ["--dataset", "ytvos", "--raw", raw, "--out", out, "--format", "tfds"]
   assert build.main(args) == 0
   before = _files(target)
@@ -226,7 +261,7 @@ def test_build_refuses_overwrites_atomically_and_skips_bad_videos(built, tmp_pat
   with pytest.raises(build.BuildError, match=f"video '{train[1]}' failed"):
     build.build_tfds("ytvos", raw, out, overwrite=True)
   assert _files(target) == before  # a failed rebuild leaves the dataset as it was
-  assert os.listdir(os.path.dirname(target)) == ["1.0.0"]  # and no scratch directory
+  assert os.listdir(os.path.dirname(target)) == [VERSION]  # and no scratch directory
 
   assert build.main(args + ["--overwrite", "--skip_bad_records"]) == 0
   builder = tfds.builder("ref_youtube_vos", data_dir=out)
@@ -248,12 +283,12 @@ def test_a_missing_tfds_dataset_names_the_command_that_builds_it(built, tmp_path
   with pytest.raises(errors.UserError, match=re.escape(command)):
     pipeline.make_eval_iter(config)
   (need,) = preflight.shards(config, "train")
-  assert need.path == str(tmp_path / "none" / "ref_youtube_vos" / "1.0.0" / "dataset_info.json")
+  assert need.path == str(tmp_path / "none" / "ref_youtube_vos" / VERSION / "dataset_info.json")
   assert need.command.endswith(f"--out {tmp_path / 'none'} --format tfds")
   assert not need.exists()
   config = _config("refcoco", twins["refcoco"], tfds_dir, "tfds")
   assert [n.path for n in preflight.shards(config, "train")] == [os.path.join(
-      tfds_dir, "ref_coco_referformer", "refcoco", "1.0.0", "dataset_info.json")]
+      tfds_dir, "ref_coco_referformer", "refcoco", VERSION, "dataset_info.json")]
   assert all(n.exists() for n in preflight.shards(config, "train"))
 
 
