@@ -119,7 +119,7 @@ def test_tiny_overfits_a_fixed_batch(tiny):
   trainable parameters, AdamW) in one jit; 40 steps on one batch, at a learning rate for
   overfitting, bring the loss down at least 5x."""
   config, model = tiny
-  config.optimizer.update(lr=3e-3, grad_clip_norm=1.0)
+  config.optimizer.update(lr=1e-2, grad_clip_norm=1.0)
   batch = {k: jnp.asarray(v) for k, v in _batch(config).items()}
   parts = train_state.split(model)
   adamw, schedule = optim.make(config, steps_per_epoch=1000)
@@ -136,7 +136,7 @@ def test_tiny_overfits_a_fixed_batch(tiny):
     losses.append(float(metrics["loss"]))
   assert int(metrics["nonfinite_total"]) == 0
   assert np.isfinite(losses).all()
-  assert losses[-1] * 5 <= losses[0], losses
+  assert losses[-1] * 5 <= losses[0], np.round(losses, 2)
   # Optimizer state for the trainable parameters only.
   assert _count([x for x in jax.tree.leaves(state["opt"]) if x.ndim]) == 2 * _count(parts.params)
 

@@ -264,6 +264,7 @@ def load_trained(path: str, params: nnx.State, *, backbone: Mapping[str, Any]
   Raises:
     CheckpointError: nothing there, another backbone, or parameters that do not match.
   """
+  path = os.path.abspath(path)
   if not is_export(path):
     return load_trainable(path, params, skip=(), backbone=backbone), _resolve(path)[1]
   with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vdit_jax import abstract_build, errors
@@ -116,16 +117,43 @@ def architecture(name: str, spec: TowerSpec, fields: Mapping[str, Any]):
     raise TowerSettingsError(f"tower {name!r}: bad architecture: {e}") from e
 
 
+def _random_value(path: abstract_build.Path, shape: tuple[int, ...], dtype,
+                  rng: np.random.Generator) -> np.ndarray:
+  """A stand-in for a pretrained parameter: norm scales 1, biases 0, kernels N(0, 1/fan_in),
+  embeddings and other tables N(0, 0.02^2)."""
+  leaf = path[-1]
+  if leaf == "scale":
+    value = np.ones(shape)
+  elif leaf == "bias":
+    value = np.zeros(shape)
+  elif leaf == "kernel":
+    value = rng.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+  else:
+    value = 0.02 * rng.standard_normal(shape)
+  return value.astype(dtype)
+
+
 def random_tower(name: str, fields: Mapping[str, Any], settings: Mapping[str, Any], *,
                  seed: int, specs: Mapping[str, TowerSpec] | None = None) -> nnx.Module:
-  """One randomly initialised tower (tests, the tiny demo) of the architecture `fields`
-  (`config.model.random_towers.<name>`) with its run-time settings."""
+  """One random tower (tests, the tiny demo) of the architecture `fields`
+  (`config.model.random_towers.<name>`) with its run-time settings.
+
+  The module is traced, not initialised, and its parameters drawn on the host: initialising
+  a tower with JAX compiles one random-number program per parameter shape, which took
+  tens of seconds even at the tiny sizes.
+  """
   specs = tower_specs() if specs is None else specs
   if name not in specs:
     raise TowerSettingsError(f"no tower named {name} (towers: {', '.join(specs)})")
   spec = specs[name]
-  return build(name, spec, architecture(name, spec, fields), settings,
-               rngs=abstract_build.host_rngs(seed))
+  config = architecture(name, spec, fields)
+  graphdef, params, rest = abstract_build.trace(
+      lambda: build(name, spec, config, settings, rngs=abstract_build.host_rngs(seed)))
+  rng = np.random.default_rng(seed)
+  params = nnx.from_flat_state([
+      (path, var.replace(jnp.asarray(_random_value(path, var.shape, var.dtype, rng))))
+      for path, var in nnx.to_flat_state(params)])
+  return nnx.merge(graphdef, params, rest)
 
 
 def random_towers(architectures: Mapping[str, Mapping[str, Any]],

@@ -169,15 +169,15 @@ def build(config, *, rules: sharding.Rules | None = None) -> VDIT:
   parameter is created (or loaded) straight into its sharding, never whole on one device.
   """
   model, seed = config.model, config.seed
-  init = lambda make, prefix: (make() if rules is None
-                               else train_state.init_sharded(make, rules, prefix))
   if model.weights_dir:
     modules = pretrained.load_backbone(model.weights_dir, model.towers, shardings=(
         None if rules is None else rules.within("towers")))
   elif model.random_towers:
-    modules = {name: init(lambda name=name, fields=fields, i=i: towers.random_tower(
-        name, fields, model.towers[name], seed=seed + i), ("towers", name))
-               for i, (name, fields) in enumerate(model.random_towers.items())}
+    modules = towers.random_towers(model.random_towers, model.towers, seed=seed)
+    if rules is not None:
+      for name, module in modules.items():
+        state = nnx.state(module)
+        nnx.update(module, sharding.put(state, rules.tree(state, ("towers", name))))
   else:
     raise errors.ConfigError("config.model: set weights_dir (converted weights) or "
                              "random_towers (random tiny towers)")
@@ -192,8 +192,13 @@ def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
   init = lambda make, prefix: (make() if rules is None
                                else train_state.init_sharded(make, rules, prefix))
   architectures = {n: tower_modules[n].config for n in TOWERS_USED}
+  # RBG parameter keys: with threefry, initialising the adapters and the head compiled 2.5x
+  # longer (one random-number program per parameter shape); the dropout keys are threefry,
+  # as vdit_jax/train_step.py reseeds them.
+  rngs = lambda offset: nnx.Rngs(params=jax.random.key(seed + offset, impl="rbg"),
+                                 dropout=seed + offset)
   extractor = init(lambda: FeatureExtractor(
       architectures, out_channels=model.head.in_channels, mean=config.data.mean,
-      std=config.data.std, **model.extractor, rngs=nnx.Rngs(seed)), ("extractor",))
-  head = init(lambda: head_lib.ReferringHead(**model.head, rngs=nnx.Rngs(seed + 1)), ("head",))
+      std=config.data.std, **model.extractor, rngs=rngs(0)), ("extractor",))
+  head = init(lambda: head_lib.ReferringHead(**model.head, rngs=rngs(1)), ("head",))
   return VDIT(tower_modules, extractor, head, head_frames=model.head_frames)
