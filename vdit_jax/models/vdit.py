@@ -17,7 +17,7 @@ frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) un
 and valid (B, T).
 """
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -188,12 +188,25 @@ def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
              rules: sharding.Rules | None = None) -> VDIT:
   """VDIT around given towers: the adapters and the head initialised for them from
   config.model (seeded from config.seed; created in their shardings with `rules`)."""
+  architectures = {n: tower_modules[n].config for n in TOWERS_USED}
+  return VDIT(tower_modules, *trainable_modules(config, architectures, rules=rules),
+              head_frames=config.model.head_frames)
+
+
+def trainable_modules(config, architectures: Mapping[str, Any], *,
+                      rules: sharding.Rules | None = None
+                      ) -> tuple[FeatureExtractor, head_lib.ReferringHead]:
+  """The adapters for towers of these architectures (tower name -> architecture dataclass,
+  the TOWERS_USED ones) and the head, from config.model, seeded from config.seed.
+
+  What `assemble` puts around its towers; without towers (e.g. `VDIT({}, *trainable_modules(
+  ...))` under nnx.eval_shape) it gives the trainable parameters' paths and shapes alone.
+  """
   model, seed = config.model, config.seed
   init = lambda make, prefix: (make() if rules is None
                                else train_state.init_sharded(make, rules, prefix))
-  architectures = {n: tower_modules[n].config for n in TOWERS_USED}
   extractor = init(lambda: FeatureExtractor(
       architectures, out_channels=model.head.in_channels, mean=config.data.mean,
       std=config.data.std, **model.extractor, rngs=nnx.Rngs(seed)), ("extractor",))
   head = init(lambda: head_lib.ReferringHead(**model.head, rngs=nnx.Rngs(seed + 1)), ("head",))
-  return VDIT(tower_modules, extractor, head, head_frames=model.head_frames)
+  return extractor, head
