@@ -3,9 +3,9 @@
 The source is the original's `VDIT` state dict rebuilt from torch modules that carry its
 names, at the tiny config's sizes: TorchReferringHead (tests/head_reference.py, from
 models/diffvos_cross.py) at the top level with its decoder holding `bbox_embed` a second time
-(diffvos_cross.py:158); TorchAdapters (tests/extractor_reference.py) under
+(diffvos_cross.py:160); TorchAdapters (tests/extractor_reference.py) under
 `backbone.0.diff_ftex.` with each `act_postprocess` level registered again as
-`act_{k+1}_postprocess` (Text-To-Video-Finetuning/train_itcross_pn.py:174-227); small stand-in
+`act_{k+1}_postprocess` (Text-To-Video-Finetuning/train_itcross_pn.py:174-231); small stand-in
 modules at the frozen towers' names (`unet`, `vae`, `text_encoder`, `cv_model`), RoBERTa's
 `text_encoder.text_backbone` and `sentence_proj`. torch's own `state_dict()` writes the
 aliases and prefixes. It is saved as main.py:236-243 saves it: the model, a stepped AdamW's
@@ -45,7 +45,7 @@ from head_reference import TorchReferringHead, full_size_torch_keys
 TINY = "configs/ytvos.py:tiny"
 FROZEN_STAND_INS = ("unet", "vae", "text_encoder", "cv_model")
 EPOCH, OPTIMIZER_STEPS = 8, 2
-# The original's act_postprocess input channels (`dim_tokens_enc`, train_itcross_pn.py:170).
+# The original's act_postprocess input channels (`dim_tokens_enc`, train_itcross_pn.py:169).
 FULL_SIZE_LEVEL_CHANNELS = (512, 960, 1600, 1920)
 
 

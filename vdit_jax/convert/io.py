@@ -10,8 +10,9 @@ file is closed, which would double peak memory when converting a 5.6 GB UNet. Re
 tensor with a plain `readinto` keeps only the tensor itself resident, handles bfloat16 and
 float8 through ml_dtypes, and lets a truncated file be named before any data is read.
 
-`.bin` / `.pth` files go through `torch.load(weights_only=True, mmap=True)`: nothing is
-unpickled beyond tensors and plain containers, and storages are paged in as they are read.
+`.bin` / `.pth` files go through `torch.load(weights_only=True, mmap=True)` (`load_torch`):
+nothing is unpickled beyond tensors, plain containers and the classes a caller allows by name,
+and storages are paged in as they are read.
 The same resident-set growth applies to torch's file mapping, so on Linux the pages of each
 storage are handed back (madvise MADV_PAGEOUT) once the tensor is copied out.
 """

@@ -12,8 +12,8 @@ what is not converted:
     `text_encoder.`), which `python -m vdit_jax.convert backbone` converts from their own
     releases, and `sentence_proj.`, computed by the original but never used;
   * aliases of modules registered twice: `transformer.decoder.bbox_embed.*` is the head's
-    `bbox_embed` (diffvos_cross.py:158), `backbone.0.diff_ftex.act_{k+1}_postprocess.*` is
-    `act_postprocess.{k}.*` (train_itcross_pn.py:227); each alias must equal its original.
+    `bbox_embed` (diffvos_cross.py:160), `backbone.0.diff_ftex.act_{k+1}_postprocess.*` is
+    `act_postprocess.{k}.*` (train_itcross_pn.py:174-231); each alias must equal its original.
 Head keys become `head/<key>`, `backbone.0.diff_ftex.<key>` becomes `extractor/<key>`: the
 trainable parameters of `vdit_jax.models.vdit.VDIT`.
 
@@ -65,8 +65,8 @@ VDIT_RULES = core.Rules(renames=((rf"^{re.escape(EXTRACTOR_PREFIX)}", "extractor
                                  (r"^(?!extractor\.)", "head.")),
                         ignore=FROZEN_OR_UNUSED)
 # The classes the released file's pickle builds besides tensors and containers: the run's
-# `args` (an argparse.Namespace, main.py:241) and MultiStepLR's `milestones` (a Counter, in
-# torch's own allow-list since 2.5; named here for older torch).
+# `args` (an argparse.Namespace, main.py:241) and MultiStepLR's `milestones` (a Counter,
+# which recent torch allows by default; named for the others).
 IO_GLOBALS = (argparse.Namespace, collections.Counter)
 
 

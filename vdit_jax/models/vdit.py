@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax import errors, losses, pretrained, sharding, towers, train_state
+from vdit_jax import abstract_build, errors, losses, pretrained, sharding, towers, train_state
 from vdit_jax.models import head as head_lib
 from vdit_jax.models.extractor import TOWERS_USED, FeatureExtractor
 # Which frames the head sees: all of the clip's, or (A2D / JHMDB, whose clips have one
@@ -191,6 +191,21 @@ def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
   architectures = {n: tower_modules[n].config for n in TOWERS_USED}
   return VDIT(tower_modules, *trainable_modules(config, architectures, rules=rules),
               head_frames=config.model.head_frames)
+
+
+def abstract_released(config) -> VDIT:
+  """VDIT of `config` around the released towers (`towers.released_architectures()`), from
+  shapes alone (nnx.eval_shape: every parameter a ShapeDtypeStruct, nothing initialised), for
+  full-size parameter counts and cost analysis."""
+  specs = towers.tower_specs()
+
+  def make():
+    modules = {name: towers.build(name, specs[name], architecture, config.model.towers[name],
+                                  rngs=abstract_build.host_rngs(0))
+               for name, architecture in towers.released_architectures().items()}
+    return assemble(config, modules)
+
+  return nnx.eval_shape(make)
 
 
 def trainable_modules(config, architectures: Mapping[str, Any], *,
