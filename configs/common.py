@@ -177,9 +177,10 @@ def add_training(config: ml_collections.ConfigDict, *, lr: float, epochs: int,
   config.optimizer = optimizer(lr)
   config.schedule = schedule(epochs, lr_drops)
   config.loss = loss()
-  # Another run's trainable parameters to start from, with a fresh optimizer (RefCOCO
-  # pretraining -> fine-tuning): its checkpoints/ directory (the latest step), or
-  # checkpoints/<step>, or checkpoints/LATEST.
+  # Trainable parameters to start from, with a fresh optimizer (RefCOCO pretraining ->
+  # fine-tuning): another run's checkpoints/ directory (the latest step), checkpoints/<step>
+  # or checkpoints/LATEST, or an export directory (WORKDIR/export, or VD-IT's release
+  # converted by `python -m vdit_jax.convert vdit`).
   config.init_from = ""
   # Regexes on parameter paths (e.g. "class_embed") that keep their fresh initialisation
   # instead of init_from's values.

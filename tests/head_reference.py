@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configs import common
 from deformable_reference import TorchDeformableTransformer, inverse_sigmoid
 
 
@@ -207,3 +208,19 @@ class TorchReferringHead(torch.nn.Module):
     refined = self.mask_refine(chosen, nchw(features[0]), nchw(features[1]))
     masks = F.pixel_shuffle(refined, 4)[:, 0]
     return masks.reshape(b, t, *masks.shape[1:])
+
+
+def full_size_torch_keys() -> dict[str, tuple[int, ...]]:
+  """The original head's state-dict keys and shapes at full size: the torch module tree of
+  TorchReferringHead (built from VD-IT models/diffvos_cross.py's __init__) on the meta
+  device, with the decoder's bbox_embed alias the original registers."""
+  c = common.head()
+  with torch.device("meta"):
+    model = TorchReferringHead(
+        c.in_channels, c.text_dim, c.hidden_dim, c.nheads, c.enc_layers, c.dec_layers,
+        c.dim_feedforward, c.enc_n_points, c.dec_n_points, c.num_queries, c.num_classes,
+        c.dynamic_mask_channels, c.controller_layers, c.rel_coord, None)
+  keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+  keys.update({f"transformer.decoder.{k}": s for k, s in keys.items()
+               if k.startswith("bbox_embed.")})
+  return keys

@@ -20,7 +20,7 @@ from vdit_jax.models import position_encoding
 
 import parity
 from deformable_reference import offset_bias
-from head_reference import TorchReferringHead, torch_sine_2d
+from head_reference import TorchReferringHead, full_size_torch_keys, torch_sine_2d
 
 # A small head: 2 decoder layers (one auxiliary), 3 queries; channels of the 4 levels.
 CONFIG = dict(common.head(), in_channels=(8, 16, 16, 24), text_dim=12, hidden_dim=32, nheads=2,
@@ -178,24 +178,8 @@ def test_full_size_parameter_count():
   assert sum(int(np.prod(s.shape)) for s in shapes.values()) == 16_460_438
 
 
-def _full_size_torch_keys():
-  """The original head's state-dict keys and shapes at full size: the torch module tree of
-  tests/head_reference.py (built from VD-IT models/diffvos_cross.py's __init__) on the meta
-  device, with the decoder's bbox_embed alias the original registers."""
-  c = common.head()
-  with torch.device("meta"):
-    model = TorchReferringHead(
-        c.in_channels, c.text_dim, c.hidden_dim, c.nheads, c.enc_layers, c.dec_layers,
-        c.dim_feedforward, c.enc_n_points, c.dec_n_points, c.num_queries, c.num_classes,
-        c.dynamic_mask_channels, c.controller_layers, c.rel_coord, None)
-  keys = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-  keys.update({f"transformer.decoder.{k}": s for k, s in keys.items()
-               if k.startswith("bbox_embed.")})
-  return keys
-
-
 def test_converter_covers_the_full_size_head():
-  keys = _full_size_torch_keys()
+  keys = full_size_torch_keys()
   items = vdit_convert.without_aliases({k: np.zeros(1) for k in keys}, "full-size head")
   shapes = dict(keys)
   streamed = ((k, np.broadcast_to(np.float32(0), shapes[k])) for k, _ in items)

@@ -16,7 +16,7 @@ from flax import nnx
 
 from configs import a2d as a2d_config
 from configs import ytvos as ytvos_config
-from vdit_jax import abstract_build, optim, tokenizers, towers, train_state, train_step
+from vdit_jax import optim, tokenizers, towers, train_state, train_step
 from vdit_jax.models import unet3d
 from vdit_jax.models import vdit as vdit_lib
 
@@ -30,16 +30,7 @@ def _count(state) -> int:
 @pytest.fixture(scope="module")
 def full_size():
   """The paper's model from shapes alone: released tower architectures, ytvos's config."""
-  config = ytvos_config.get_config()
-  specs = towers.tower_specs()
-
-  def make():
-    modules = {name: towers.build(name, specs[name], arch, config.model.towers[name],
-                                  rngs=abstract_build.host_rngs(0))
-               for name, arch in towers.released_architectures().items()}
-    return vdit_lib.assemble(config, modules)
-
-  return nnx.eval_shape(make)
+  return vdit_lib.abstract_released(ytvos_config.get_config())
 
 
 def _torch_counts() -> dict[str, int]:

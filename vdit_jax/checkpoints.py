@@ -11,17 +11,22 @@ WORKDIR/checkpoints/<step>/ (an `ocp.CheckpointManager`, saves asynchronous) hol
 so a resumed run continues with the same parameters, optimizer state, random numbers and
 next batch. The frozen backbone is not saved: `backbone_reference` names it (the converted
 directory and the sha256 of its manifest, or the random towers' architectures and seed), and
-a run or `init_from` with another backbone is refused.
+a run or `init_from` with another backbone is refused. Parameters converted from VD-IT's
+release (`python -m vdit_jax.convert vdit`) carry `released_reference()` instead: they fit any
+converted backbone whose towers have the released architectures.
 
-WORKDIR/export/ (`export`) holds the trainable parameters alone (params/, the same nested
-layout, float32 or bfloat16), config.json and manifest.json (step, dtype, backbone).
+WORKDIR/export/ (`export`, or `convert vdit`'s output) holds the trainable parameters alone
+(params/, the same nested layout, float32 or bfloat16), config.json and manifest.json (step,
+dtype, backbone).
 """
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from absl import logging
 import grain
@@ -31,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from vdit_jax import atomic_dir, backbone_format, errors, pretrained
+from vdit_jax import atomic_dir, backbone_format, errors, pretrained, towers
 
 EXPORT_DTYPES = ("float32", "bfloat16")
 
@@ -60,6 +65,26 @@ def backbone_reference(model_config, seed: int) -> dict[str, Any]:
   return {"weights_dir": os.path.abspath(model_config.weights_dir), "manifest_sha256": digest}
 
 
+def released_reference() -> dict[str, Any]:
+  """The backbone reference of parameters trained on the released towers
+  (`towers.RELEASED_SOURCES`), as VD-IT's released checkpoint was."""
+  return {"released_towers": dict(towers.RELEASED_SOURCES)}
+
+
+def _released_mismatches(current: Mapping[str, Any]) -> list[str]:
+  """Why the backbone `current` references is not a conversion of the released towers: its
+  towers' stored architectures against `towers.released_architectures()`, field by field."""
+  if "weights_dir" not in current:
+    return ["this run builds random towers (config.model.random_towers), not converted ones"]
+  lines = []
+  for name, architecture in towers.released_architectures().items():
+    here = backbone_format.read_tower_config(current["weights_dir"], name)
+    released = json.loads(json.dumps(architecture.to_dict()))
+    lines += [f"{name} {key}: {here.get(key)!r} here, {released.get(key)!r} released"
+              for key in sorted(set(here) | set(released)) if here.get(key) != released.get(key)]
+  return lines
+
+
 def _same_backbone(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
   """Converted backbones are the same by manifest digest wherever they are stored."""
   if "manifest_sha256" in a and "manifest_sha256" in b:
@@ -68,7 +93,19 @@ def _same_backbone(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def check_backbone(stored: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
-  """Raises CheckpointError naming both backbones unless they are the same."""
+  """Raises CheckpointError naming both backbones unless they are the same, or `stored` is
+  `released_reference()` and `current` a converted backbone of the released architectures."""
+  if "released_towers" in stored and "released_towers" not in current:
+    problems = _released_mismatches(current)
+    if problems:
+      raise CheckpointError(
+          f"{where} was trained on the released towers "
+          f"({', '.join(sorted(set(stored['released_towers'].values())))}); this run's "
+          f"backbone ({json.dumps(current, sort_keys=True)}) is not a conversion of them:\n  "
+          + "\n  ".join(problems[:20]) + "\nConvert the released towers with\n  "
+          + backbone_format.CONVERT_COMMAND.format(out="DIR")
+          + "\nand set config.model.weights_dir=DIR.")
+    return
   if not _same_backbone(stored, current):
     raise CheckpointError(
         f"{where} was trained on another frozen backbone:\n  checkpoint: "
@@ -181,7 +218,7 @@ class Manager:
 
 
 def _resolve(path: str) -> tuple[str, int]:
-  """(checkpoints directory, step) of an init_from path: a workdir, its checkpoints/
+  """(checkpoints directory, step) of a run's checkpoint path: a workdir, its checkpoints/
   directory (the latest step), checkpoints/LATEST or checkpoints/<step>."""
   path = os.path.abspath(path)
   head, tail = os.path.split(path)
@@ -197,13 +234,88 @@ def _resolve(path: str) -> tuple[str, int]:
   return path, max(steps) if step is None else step
 
 
+def is_export(path: str) -> bool:
+  """Whether `path` is an export directory (WORKDIR/export, or `convert vdit`'s output)."""
+  return (os.path.isfile(os.path.join(path, "manifest.json"))
+          and os.path.isdir(os.path.join(path, "params")))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+  """Trained parameters on disk.
+
+  where: their location, for messages. step: the train step. backbone: its reference.
+  shapes: path -> shape of every stored parameter.
+  restore: restore(target tree, partial) -> the `nested` tree of the target's leaves.
+  """
+  where: str
+  step: int
+  backbone: Mapping[str, Any]
+  shapes: Mapping[tuple[str, ...], tuple[int, ...]]
+  restore: Callable[[Any, bool], Any]
+
+
+@contextlib.contextmanager
+def _open_trained(path: str) -> Iterator[_Stored]:
+  """The parameters of an export directory (`is_export`), or of a run's checkpoint
+  (`_resolve`)."""
+  if is_export(path):
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+      manifest = json.load(f)
+    params_dir = os.path.join(path, "params")
+    with pretrained.params_checkpointer() as checkpointer:
+      shapes = pretrained.stored_shapes(checkpointer.metadata(params_dir).item_metadata.tree)
+      yield _Stored(path, manifest["step"], manifest["backbone"], shapes, lambda tree, partial:
+                    checkpointer.restore(params_dir, args=_restore_args(tree, partial)))
+    return
+  directory, step = _resolve(path)
+  manager = reader(directory)
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    shapes = pretrained.stored_shapes(manager.item_metadata(step)["params"])
+    yield _Stored(os.path.join(directory, str(step)), step, meta["backbone"], shapes,
+                  lambda tree, partial: manager.restore(step, args=ocp.args.Composite(
+                      params=_restore_args(tree, partial))).params)
+  finally:
+    manager.close()
+
+
+def _load(path: str, params: nnx.State, *, skip: Iterable[str], backbone: Mapping[str, Any],
+          unfit_hint: str) -> tuple[nnx.State, int, int]:
+  """(`params` with the stored values of those no `skip` regex matches, the stored step, how
+  many were loaded); see `load_trainable`."""
+  values = {tuple(map(str, path)): var.get_value() for path, var in nnx.to_flat_state(params)}
+  skips = [re.compile(s) for s in skip]
+  for regex in skips:
+    if not any(regex.search("/".join(key)) for key in values):
+      raise errors.ConfigError(f"config.init_skip {regex.pattern!r} matches no parameter")
+  kept = {key: x for key, x in values.items() if not any(r.search("/".join(key)) for r in skips)}
+  with _open_trained(path) as stored:
+    check_backbone(stored.backbone, backbone, stored.where)
+    problems = pretrained.shape_mismatches(
+        {key: shape for key, shape in stored.shapes.items() if key in kept or key not in values},
+        {key: x.shape for key, x in kept.items()})
+    if problems:
+      raise CheckpointError(f"{stored.where}: its trainable parameters do not fit this model "
+                            f"({unfit_hint}):\n  " + "\n  ".join(problems[:20]))
+    target = pretrained.nest({key: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                              for key, x in kept.items()})
+    restored = stored.restore(target, len(kept) < len(values))
+  state = nnx.from_flat_state([
+      (path, var.replace(_lookup(restored, path)) if tuple(map(str, path)) in kept else var)
+      for path, var in nnx.to_flat_state(params)])
+  return state, stored.step, len(kept)
+
+
 def load_trainable(path: str, params: nnx.State, *, skip: Iterable[str],
                    backbone: Mapping[str, Any]) -> nnx.State:
-  """`params` with the trainable parameters of another run's checkpoint (config.init_from);
-  those whose path matches a `skip` regex (config.init_skip) keep their value here.
+  """`params` with the trainable parameters of another run (config.init_from); those whose
+  path matches a `skip` regex (config.init_skip) keep their value here.
 
   Args:
-    path: see `_resolve`.
+    path: an export directory (`is_export`: another run's WORKDIR/export, or VD-IT's release
+      converted by `python -m vdit_jax.convert vdit`), or a run's checkpoint as `_resolve`
+      takes it.
     params: this run's freshly initialised trainable parameters.
     skip: regexes searched in "/"-joined parameter paths.
     backbone: this run's `backbone_reference`.
@@ -213,41 +325,11 @@ def load_trainable(path: str, params: nnx.State, *, skip: Iterable[str],
       (missing, unexpected or of another shape; listed).
     errors.ConfigError: a skip regex that matches no parameter.
   """
-  directory, step = _resolve(path)
-  where = os.path.join(directory, str(step))
-  manager = reader(directory)
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  check_backbone(meta["backbone"], backbone, where)
-  values = {tuple(map(str, path)): var.get_value() for path, var in nnx.to_flat_state(params)}
-  skips = [re.compile(s) for s in skip]
-  for regex in skips:
-    if not any(regex.search("/".join(key)) for key in values):
-      raise errors.ConfigError(f"config.init_skip {regex.pattern!r} matches no parameter")
-  kept = {key: x for key, x in values.items() if not any(r.search("/".join(key)) for r in skips)}
-  stored = pretrained.stored_shapes(manager.item_metadata(step)["params"])
-  problems = pretrained.shape_mismatches(
-      {key: shape for key, shape in stored.items() if key in kept or key not in values},
-      {key: x.shape for key, x in kept.items()})
-  if problems:
-    raise CheckpointError(f"{where}: its trainable parameters do not fit this model "
-                          "(config.init_skip leaves parameters out):\n  " +
-                          "\n  ".join(problems[:20]))
-  target = pretrained.nest({key: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                            for key, x in kept.items()})
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=_restore_args(target, partial_restore=True))).params
-  manager.close()
-  logging.info("initialised %d trainable parameters from %s, %d kept fresh", len(kept), where,
-               len(values) - len(kept))
-  return nnx.from_flat_state([
-      (path, var.replace(_lookup(restored, path)) if tuple(map(str, path)) in kept else var)
-      for path, var in nnx.to_flat_state(params)])
-
-
-def is_export(path: str) -> bool:
-  """Whether `path` is an export directory (WORKDIR/export, or `convert vdit`'s output)."""
-  return (os.path.isfile(os.path.join(path, "manifest.json"))
-          and os.path.isdir(os.path.join(path, "params")))
+  state, _, loaded = _load(path, params, skip=skip, backbone=backbone,
+                           unfit_hint="config.init_skip leaves parameters out")
+  logging.info("initialised %d trainable parameters from %s, %d kept fresh", loaded, path,
+               len(nnx.to_flat_state(params)) - loaded)
+  return state
 
 
 def load_trained(path: str, params: nnx.State, *, backbone: Mapping[str, Any]
@@ -255,8 +337,7 @@ def load_trained(path: str, params: nnx.State, *, backbone: Mapping[str, Any]
   """Trained parameters for evaluation and prediction: (`params` filled, the step).
 
   Args:
-    path: an export directory (`is_export`), or a run's checkpoint as `load_trainable`
-      takes it (a workdir, its checkpoints/, checkpoints/<step> or checkpoints/LATEST).
+    path: as `load_trainable` takes it.
     params: the model's trainable parameters (their shapes, dtypes and shardings are the
       targets; stored values are cast to their dtypes).
     backbone: the model's `backbone_reference`.
@@ -264,24 +345,9 @@ def load_trained(path: str, params: nnx.State, *, backbone: Mapping[str, Any]
   Raises:
     CheckpointError: nothing there, another backbone, or parameters that do not match.
   """
-  path = os.path.abspath(path)
-  if not is_export(path):
-    return load_trainable(path, params, skip=(), backbone=backbone), _resolve(path)[1]
-  with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
-    manifest = json.load(f)
-  check_backbone(manifest["backbone"], backbone, path)
-  values = {tuple(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(params)}
-  params_dir = os.path.join(path, "params")
-  with pretrained.params_checkpointer() as checkpointer:
-    stored = pretrained.stored_shapes(checkpointer.metadata(params_dir).item_metadata.tree)
-    problems = pretrained.shape_mismatches(stored, {k: x.shape for k, x in values.items()})
-    if problems:
-      raise CheckpointError(f"{path}: its parameters do not fit this model (config.model):"
-                            "\n  " + "\n  ".join(problems[:20]))
-    target = pretrained.nest({k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                              for k, x in values.items()})
-    restored = checkpointer.restore(params_dir, args=_restore_args(target))
-  return from_nested(restored, params), manifest["step"]
+  state, step, _ = _load(os.path.abspath(path), params, skip=(), backbone=backbone,
+                          unfit_hint="config.model")
+  return state, step
 
 
 def export(workdir: str, config) -> str:

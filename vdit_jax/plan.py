@@ -17,10 +17,9 @@ import math
 from absl import app, flags
 import jax
 import numpy as np
-from flax import nnx
 from ml_collections import config_flags
 
-from vdit_jax import abstract_build, optim, sharding, towers, train_state, train_step
+from vdit_jax import optim, sharding, towers, train_state, train_step
 from vdit_jax.models import vdit
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -67,20 +66,13 @@ def _batch(config, size: int, rules):
           for k, (s, d) in shapes.items()}
 
 
-def _abstract_model(config):
+def _abstract_model(config) -> vdit.VDIT:
+  """The config's model as shapes: its random towers' architectures, else the released."""
+  if not config.model.random_towers:
+    return vdit.abstract_released(config)
   specs = towers.tower_specs()
-  if config.model.random_towers:
-    archs = {n: towers.architecture(n, specs[n], f)
-             for n, f in config.model.random_towers.items()}
-  else:
-    archs = towers.released_architectures()
-
-  def make():
-    modules = {n: towers.build(n, specs[n], a, config.model.towers[n],
-                               rngs=abstract_build.host_rngs(0)) for n, a in archs.items()}
-    return vdit.assemble(config, modules)
-
-  return nnx.eval_shape(make)
+  return vdit.abstract_model(config, {n: towers.architecture(n, specs[n], fields)
+                                      for n, fields in config.model.random_towers.items()})
 
 
 def plan(config, mesh_axes) -> dict[str, float]:

@@ -56,11 +56,20 @@ def tower_specs() -> dict[str, TowerSpec]:
   }
 
 
+# The released checkpoints VD-IT freezes, per tower: the hub repository (and its folder).
+RELEASED_SOURCES = {
+    "vae_encoder": "damo-vilab/text-to-video-ms-1.7b/vae",
+    "clip_text": "damo-vilab/text-to-video-ms-1.7b/text_encoder",
+    "clip_vision": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    "roberta": "roberta-base",
+    "unet": "damo-vilab/text-to-video-ms-1.7b/unet",
+}
+
+
 def released_architectures() -> dict[str, Any]:
-  """The architectures of the checkpoints VD-IT freezes, for work from shapes alone (parameter
-  counts, the memory planner): damo-vilab/text-to-video-ms-1.7b's unet, vae and text_encoder,
-  laion/CLIP-ViT-H-14-laion2B-s32B-b79K's vision tower and roberta-base, as their
-  config.json files give them."""
+  """The architectures of the checkpoints VD-IT freezes (RELEASED_SOURCES), as their
+  config.json files give them, for work from shapes alone (parameter counts, the memory
+  planner, `convert vdit`) and to recognise a converted backbone of those releases."""
   return {
       "vae_encoder": vae.VAEEncoderConfig(),
       "clip_text": clip.CLIPTextConfig(hidden_size=1024, intermediate_size=4096,

@@ -10,8 +10,9 @@ file is closed, which would double peak memory when converting a 5.6 GB UNet. Re
 tensor with a plain `readinto` keeps only the tensor itself resident, handles bfloat16 and
 float8 through ml_dtypes, and lets a truncated file be named before any data is read.
 
-`.bin` / `.pth` files go through `torch.load(weights_only=True, mmap=True)`: nothing is
-unpickled beyond tensors and plain containers, and storages are paged in as they are read.
+`.bin` / `.pth` files go through `torch.load(weights_only=True, mmap=True)` (`load_torch`):
+nothing is unpickled beyond tensors, plain containers and the classes a caller allows by name,
+and storages are paged in as they are read.
 The same resident-set growth applies to torch's file mapping, so on Linux the pages of each
 storage are handed back (madvise MADV_PAGEOUT) once the tensor is copied out.
 """
@@ -26,7 +27,7 @@ import os
 import re
 import struct
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -221,24 +222,58 @@ def _iter_safetensors(path: str) -> Tensors:
       yield key, array
 
 
-def _iter_torch(path: str) -> Tensors:
-  """Tensors of a torch.save'd state dict, loaded with weights_only and memory-mapped."""
+def load_torch(path: str, *, allowed_globals: Sequence[type] = ()) -> Any:
+  """A torch.save'd object, loaded with weights_only=True and memory-mapped.
+
+  Nothing beyond tensors, plain containers and scalars (torch's weights_only allow-list) and
+  the classes in `allowed_globals` is unpickled: the pickle's other globals are listed from
+  the file, without running it, and refused by name.
+
+  Raises:
+    WeightFileError: naming the file and the refused globals, or why it cannot be read.
+  """
   import torch  # Only needed for PyTorch pickles; safetensors reads need no torch.
 
+  allowed = {f"{c.__module__}.{c.__qualname__}" for c in allowed_globals}
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+  except Exception as e:  # Not a zip archive, no data.pkl, a corrupt pickle stream, ...
+    raise WeightFileError(f"{path}: cannot be read as a PyTorch zip checkpoint "
+                          f"({type(e).__name__}: {e})") from e
+  refused = sorted(set(found) - allowed)
+  if refused:
+    extra = "".join(f", {name}" for name in sorted(allowed))
+    raise WeightFileError(
+        f"{path}: refused, nothing was unpickled: its pickle calls or builds "
+        f"{', '.join(refused)}; loading with weights_only=True accepts tensors, plain "
+        f"containers and scalars{extra} only")
+  try:
+    with torch.serialization.safe_globals(list(allowed_globals)):
+      return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
   except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
     raise WeightFileError(f"{path}: cannot be read as a PyTorch zip checkpoint with "
                           f"weights_only=True and mmap=True ({type(e).__name__}: {e})") from e
+
+
+def tensor_array(tensor) -> np.ndarray:
+  """A numpy copy of a (memory-mapped) CPU tensor; its file pages are handed back."""
+  array = _torch_to_numpy(tensor)
+  _release_pages(tensor)
+  return array
+
+
+def _iter_torch(path: str) -> Tensors:
+  """Tensors of a torch.save'd state dict, loaded with weights_only and memory-mapped."""
+  import torch
+
+  state = load_torch(path)
   if not isinstance(state, dict):
     raise WeightFileError(f"{path}: expected a state dict, found {type(state).__name__}")
   for key in list(state):
     tensor = state.pop(key)
     if not isinstance(tensor, torch.Tensor):
       raise WeightFileError(f"{path}: {key!r} is a {type(tensor).__name__}, not a tensor")
-    array = _torch_to_numpy(tensor)
-    _release_pages(tensor)
-    yield key, array
+    yield key, tensor_array(tensor)
 
 
 def _release_pages(tensor) -> None:

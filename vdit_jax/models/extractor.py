@@ -269,17 +269,28 @@ class FeatureExtractor(nnx.Module):
       raise ValueError(f"FeatureExtractor.pyramid: {clip_ids.shape[0]} captions for "
                        f"{captions} videos; pass video_index to share a video's encoding")
     text = jax.lax.stop_gradient(towers["clip_text"](clip_ids))
-    # Each frame's context: the caption's states attending to that frame's image tokens.
-    tokens = video.image_tokens.reshape((-1,) + video.image_tokens.shape[2:])
-    context = self.cross_attn(jnp.repeat(text, num_frames, axis=0), tokens)
-    context = context.reshape((captions, num_frames) + context.shape[1:])
+    context = self.context(text, video.image_tokens)
     taps = towers["unet"].features(video.noisy_latents, self.timestep, context)
-    features = [video.level0.reshape((-1,) + video.level0.shape[2:])]
-    for level, (encoder, decoder) in enumerate(UNET_LEVELS, start=1):
-      pair = jnp.concatenate([taps[encoder], taps[decoder]], axis=-1)
-      features.append(self.postprocess(level, pair.reshape((-1,) + pair.shape[2:])))
+    features = [video.level0.reshape((-1,) + video.level0.shape[2:])] + self.unet_levels(taps)
     masks = level_masks(video.pad_mask, [x.shape[1:3] for x in features], num_frames)
     return Pyramid(features=tuple(features), masks=masks)
+
+  def context(self, text: jax.Array, image_tokens: jax.Array) -> jax.Array:
+    """The UNet's per-frame context: each frame's caption states (N, L, D) attending to that
+    frame's projected image tokens (N, T, M, D) -> (N, T, L, D)."""
+    captions, num_frames = image_tokens.shape[:2]
+    tokens = image_tokens.reshape((-1,) + image_tokens.shape[2:])
+    context = self.cross_attn(jnp.repeat(text, num_frames, axis=0), tokens)
+    return context.reshape((captions, num_frames) + context.shape[1:])
+
+  def unet_levels(self, taps: Mapping[str, jax.Array]) -> list[jax.Array]:
+    """Levels 1-3 of the pyramid, (N*T, h, w, C_l), from the UNet's taps (N, T, h, w, c)
+    (`UNet3DConditionModel.features`): UNET_LEVELS' pairs through act_postprocess."""
+    levels = []
+    for level, (encoder, decoder) in enumerate(UNET_LEVELS, start=1):
+      pair = jnp.concatenate([taps[encoder], taps[decoder]], axis=-1)
+      levels.append(self.postprocess(level, pair.reshape((-1,) + pair.shape[2:])))
+    return levels
 
   def noisy_latents(self, latents: jax.Array) -> jax.Array:
     """Latents (V, T, h, w, c) plus the learned noise, at the timestep.

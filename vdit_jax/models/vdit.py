@@ -17,13 +17,13 @@ frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) un
 and valid (B, T).
 """
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdit_jax import errors, losses, pretrained, sharding, towers, train_state
+from vdit_jax import abstract_build, errors, losses, pretrained, sharding, towers, train_state
 from vdit_jax.models import head as head_lib
 from vdit_jax.models.extractor import TOWERS_USED, FeatureExtractor
 # Which frames the head sees: all of the clip's, or (A2D / JHMDB, whose clips have one
@@ -188,10 +188,43 @@ def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
              rules: sharding.Rules | None = None) -> VDIT:
   """VDIT around given towers: the adapters and the head initialised for them from
   config.model (seeded from config.seed; created in their shardings with `rules`)."""
+  architectures = {n: tower_modules[n].config for n in TOWERS_USED}
+  return VDIT(tower_modules, *trainable_modules(config, architectures, rules=rules),
+              head_frames=config.model.head_frames)
+
+
+def abstract_model(config, architectures: Mapping[str, Any]) -> VDIT:
+  """VDIT of `config` around towers of these architectures (tower name -> architecture
+  dataclass) from shapes alone (nnx.eval_shape: every parameter a ShapeDtypeStruct, nothing
+  initialised), for parameter counts, cost analysis and the memory planner."""
+  specs = towers.tower_specs()
+
+  def make():
+    modules = {name: towers.build(name, specs[name], architecture, config.model.towers[name],
+                                  rngs=abstract_build.host_rngs(0))
+               for name, architecture in architectures.items()}
+    return assemble(config, modules)
+
+  return nnx.eval_shape(make)
+
+
+def abstract_released(config) -> VDIT:
+  """`abstract_model` around the released towers (`towers.released_architectures()`)."""
+  return abstract_model(config, towers.released_architectures())
+
+
+def trainable_modules(config, architectures: Mapping[str, Any], *,
+                      rules: sharding.Rules | None = None
+                      ) -> tuple[FeatureExtractor, head_lib.ReferringHead]:
+  """The adapters for towers of these architectures (tower name -> architecture dataclass,
+  the TOWERS_USED ones) and the head, from config.model, seeded from config.seed.
+
+  What `assemble` puts around its towers; without towers (e.g. `VDIT({}, *trainable_modules(
+  ...))` under nnx.eval_shape) it gives the trainable parameters' paths and shapes alone.
+  """
   model, seed = config.model, config.seed
   init = lambda make, prefix: (make() if rules is None
                                else train_state.init_sharded(make, rules, prefix))
-  architectures = {n: tower_modules[n].config for n in TOWERS_USED}
   # RBG parameter keys: with threefry, initialising the adapters and the head compiled 2.5x
   # longer (one random-number program per parameter shape); the dropout keys are threefry,
   # as vdit_jax/train_step.py reseeds them.
@@ -201,4 +234,4 @@ def assemble(config, tower_modules: Mapping[str, nnx.Module], *,
       architectures, out_channels=model.head.in_channels, mean=config.data.mean,
       std=config.data.std, **model.extractor, rngs=rngs(0)), ("extractor",))
   head = init(lambda: head_lib.ReferringHead(**model.head, rngs=rngs(1)), ("head",))
-  return VDIT(tower_modules, extractor, head, head_frames=model.head_frames)
+  return extractor, head
