@@ -1,9 +1,8 @@
 """The assembled head vs the original's head rebuilt in torch (tests/head_reference.py), its
 weights moved by the production converter (`vdit_jax.convert.vdit.vdit_head`); parameter
-counts and the converter's key coverage at full size; jit, gradients and static shapes at the
-tiny config."""
+counts and the converter's key coverage at full size. (The tiny config's head with the
+losses and gradients under jit: tests/test_vdit.py.)"""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ import torch
 from flax import nnx
 
 from configs import common
-from configs import ytvos as ytvos_config
-from vdit_jax import abstract_build, losses
+from vdit_jax import abstract_build
 from vdit_jax.convert import core
 from vdit_jax.convert import vdit as vdit_convert
 from vdit_jax.models import head as head_lib
@@ -207,43 +205,3 @@ def test_converter_names_bad_keys(tiny_state_dict, edit, message):
   edit(sd)
   with pytest.raises(core.ConversionError, match=message):
     vdit_convert.vdit_head(sd, CONFIG)
-
-
-def test_tiny_config_jit_losses_and_gradients():
-  """The tiny config's head with the losses under one jit: static shapes, a padded batch with a
-  shorter caption, finite loss and gradients for every parameter."""
-  config = ytvos_config.get_config("tiny").model.head
-  head = head_lib.ReferringHead(**config, rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(5)
-  features = [rng.standard_normal((B * T, H // s, W // s, c)).astype(np.float32)
-              for s, c in zip(head_lib.STRIDES, config.in_channels)]
-  _, pad_mask, _, text_mask = _inputs()
-  text = rng.standard_normal((B, text_mask.shape[1], config.text_dim)).astype(np.float32)
-  masks = np.zeros((B, T, H, W), bool)
-  masks[:, :, 10:30, 20:50] = True
-  targets = {"boxes": np.tile(np.array([0.4, 0.3, 0.3, 0.3], np.float32), (B, T, 1)),
-             "valid": np.array([[True, True], [True, False]]), "masks": masks, "sizes": SIZES}
-  loss_config = common.loss()
-
-  def loss_fn(head):
-    out = head(features, pad_mask, text, text_mask, SIZES)
-    per_layer = []
-    for l, layer in enumerate(list(out["aux_outputs"]) + [out]):
-      cost = losses.matching_cost(layer["pred_logits"], layer["pred_boxes"],
-                                  layer["pred_masks_low"], targets, **loss_config.matcher,
-                                  focal_alpha=loss_config.focal_alpha,
-                                  focal_gamma=loss_config.focal_gamma)
-      query = losses.match(cost)
-      refined = head.refine(out, features, query, layer=l)
-      per_layer.append(losses.layer_losses(
-          layer["pred_logits"], layer["pred_boxes"], refined, layer["pred_masks_low"], query,
-          targets, num_boxes=losses.num_boxes(targets), focal_alpha=loss_config.focal_alpha,
-          focal_gamma=loss_config.focal_gamma))
-    return losses.total_loss(per_layer, loss_config.weights)[0]
-
-  graphdef, params, rest = nnx.split(head, nnx.Param, ...)
-  grad_fn = lambda p: jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest)))(p)
-  loss, grads = parity.compiled(grad_fn, params)(params)
-  assert np.isfinite(float(loss)) and float(loss) > 0
-  leaves = jax.tree.leaves(grads)
-  assert leaves and all(np.isfinite(np.asarray(g)).all() for g in leaves)

@@ -125,7 +125,7 @@ def main(argv) -> None:
   print("backend: XLA CPU (fake devices); figures are that compiler's, per device")
   for name in ("frozen parameters", "trainable parameters", "optimizer state", "arguments",
                "outputs", "temporaries"):
-    print(f"  {name:22s} {figures[name] / _GIB:8.2f} GiB")
+    print(f"  {name:22s} {figures[name] / 2**20:10.1f} MiB")
   print(f"  {'FLOPs per step':22s} {figures['flops'] / 1e12:8.2f} TFLOP (per device program)")
   print(f"peak per device: {figures['peak'] / _GIB:.2f} GiB")
 
