@@ -22,7 +22,7 @@ from diffusers import UNet3DConditionModel as TorchUNet3D
 from flax import nnx
 
 from configs import ytvos
-from vdit_jax import abstract_build, errors
+from vdit_jax import abstract_build, errors, towers
 from vdit_jax.convert import core
 from vdit_jax.convert.diffusers import unet3d_from_diffusers, vae_encoder_from_diffusers
 from vdit_jax.convert.transformers import (clip_text_from_transformers,
@@ -273,24 +273,9 @@ def clip_values(inputs):
 
 # ---- tests ----
 
-def _full_size_architectures():
-  """The real towers: ModelScope's UNet, SD VAE and text encoder, OpenCLIP ViT-H/14."""
-  return {
-      "unet": unet3d.UNet3DConfig.from_diffusers(unet3d.MODELSCOPE_CONFIG),
-      "vae_encoder": vae.VAEEncoderConfig(),
-      "clip_text": clip.CLIPTextConfig(hidden_size=1024, intermediate_size=4096,
-                                       num_hidden_layers=23, num_attention_heads=16,
-                                       hidden_act="gelu", eos_token_id=2),
-      "clip_vision": clip.CLIPVisionConfig(hidden_size=1280, intermediate_size=5120,
-                                           num_hidden_layers=32, num_attention_heads=16,
-                                           patch_size=14, image_size=224, projection_dim=1024,
-                                           hidden_act="gelu"),
-  }
-
-
 def test_full_size_has_the_originals_13578548_trainable_parameters():
   base = ytvos.get_config()
-  architectures = _full_size_architectures()
+  architectures = towers.released_architectures()
   assert extractor.level_channels(architectures) == (512, 960, 1600, 1920)
   abstract = nnx.eval_shape(lambda: extractor.FeatureExtractor(
       architectures, out_channels=base.model.head.in_channels, mean=MEAN, std=STD,
