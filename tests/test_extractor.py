@@ -22,12 +22,13 @@ from diffusers import UNet3DConditionModel as TorchUNet3D
 from flax import nnx
 
 from configs import ytvos
-from vdit_jax import abstract_build, errors, towers
+from vdit_jax import abstract_build, errors
+from vdit_jax import towers as towers_lib
 from vdit_jax.convert import core
 from vdit_jax.convert.diffusers import unet3d_from_diffusers, vae_encoder_from_diffusers
 from vdit_jax.convert.transformers import (clip_text_from_transformers,
                                            clip_vision_from_transformers)
-from vdit_jax.models import clip, clip_preprocess, extractor, normalize, unet3d, vae
+from vdit_jax.models import clip, clip_preprocess, extractor, normalize
 
 import parity
 from extractor_reference import TorchAdapters
@@ -275,7 +276,7 @@ def clip_values(inputs):
 
 def test_full_size_has_the_originals_13578548_trainable_parameters():
   base = ytvos.get_config()
-  architectures = towers.released_architectures()
+  architectures = towers_lib.released_architectures()
   assert extractor.level_channels(architectures) == (512, 960, 1600, 1920)
   abstract = nnx.eval_shape(lambda: extractor.FeatureExtractor(
       architectures, out_channels=base.model.head.in_channels, mean=MEAN, std=STD,
