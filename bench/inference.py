@@ -68,20 +68,21 @@ COMPONENTS = (("VAE encoder", True), ("CLIP vision", True), ("projection", True)
 
 
 def experiment(size: str):
-  """The ytvos config at `size`, random towers (weights_dir ""), frames resized to FRAMES."""
+  """The ytvos config at `size` with random towers (weights_dir ""), its prediction windows
+  FRAMES[size][0] long, its evaluation resize taking FRAMES[size] frames as they are."""
   if size == "tiny":
-    return ytvos_config.get_config("tiny")
-  config = ytvos_config.get_config()
+    return ytvos_config.get_config("tiny")  # 4-frame windows, frames 64x96.
+  config = ytvos_config.get_config()  # 360x640 frames, padded to 368x640.
   config.model.weights_dir = ""
+  t, h, w = FRAMES[size]
+  config.predict.window = t
   if size == "full":
     config.model.random_towers = {n: a.to_dict() for n, a in
                                   towers.released_architectures().items()}
-  else:
-    config.model.random_towers = MID_TOWERS
-    config.model.head.text_dim = MID_TOWERS["roberta"]["hidden_size"]
-  t, h, w = FRAMES[size]
-  config.eval.preprocessing.update(short_side=min(h, w), max_size=max(h, w))
-  config.predict.window = t
+    return config
+  config.model.random_towers = MID_TOWERS
+  config.model.head.text_dim = MID_TOWERS["roberta"]["hidden_size"]
+  config.eval.preprocessing.update(short_side=min(h, w), max_size=max(h, w), size_buckets=())
   return config
 
 

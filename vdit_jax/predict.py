@@ -184,6 +184,28 @@ def _windows(frames: Iterable[np.ndarray], length: int
     yield previous[len(chunk):] + chunk, len(chunk)
 
 
+def _frames_array(frames: list[np.ndarray], *, first: int,
+                  shape: tuple[int, ...] | None) -> np.ndarray:
+  """A window's frames as one (N, H, W, 3) uint8 array.
+
+  Args:
+    frames: the window's frames.
+    first: the first one's index in the video.
+    shape: (H, W, 3) of the video's frame 0; None: this is frame 0.
+  """
+  shape = np.shape(frames[0]) if shape is None else shape
+  for i, frame in enumerate(frames):
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+      raise PredictError(f"frame {first + i} must be an (H, W, 3) uint8 RGB array, got "
+                         f"{frame.dtype} {frame.shape}")
+    if frame.shape != tuple(shape):
+      raise PredictError(f"frame {first + i} is {frame.shape[0]}x{frame.shape[1]} (HxW), "
+                         f"frame 0 is {shape[0]}x{shape[1]}: the frames of a video must have "
+                         "one size")
+  return np.stack(frames)
+
+
 class Predictor:
   """A trained VD-IT model that segments videos for texts (module docstring).
 
@@ -287,27 +309,14 @@ class Predictor:
     tokens = [self.tokenize(decoding.clean_caption(t)) for t in texts]
     tokens = {k: np.stack([t[k] for t in tokens]) for k in ("clip_ids", "roberta_ids",
                                                              "roberta_mask")}
-    seen = 0
+    seen, shape = 0, None
     for index, (window, new) in enumerate(_windows(frames, self.window)):
-      window = self._check_frames(window, seen + new - len(window))
+      window = _frames_array(window, first=seen + new - len(window), shape=shape)
+      shape = window.shape[1:]
       masks, scores, probabilities = self._window(window, tokens, index)
       yield WindowResult(frames=window[-new:], masks=masks[:, -new:], scores=scores[:, -new:],
                          probabilities=probabilities[:, -new:])
       seen += new
-
-  def _check_frames(self, frames: list[np.ndarray], first: int) -> np.ndarray:
-    """The window's frames as one (N, H, W, 3) uint8 array; `first` is the first one's index
-    in the video."""
-    for i, frame in enumerate(frames):
-      frame = np.asarray(frame)
-      if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise PredictError(f"frame {first + i} must be an (H, W, 3) uint8 RGB array, got "
-                           f"{frame.dtype} {frame.shape}")
-      if frame.shape != np.shape(frames[0]):
-        raise PredictError(f"frame {first + i} is {frame.shape[0]}x{frame.shape[1]} (HxW), "
-                           f"frame {first} is {np.shape(frames[0])[0]}x"
-                           f"{np.shape(frames[0])[1]}: the frames of a video must have one size")
-    return np.stack(frames)
 
   def _executable(self, name: str, fn, *args):
     """fn jitted and compiled for these arguments (after the state), kept in _EXECUTABLES."""

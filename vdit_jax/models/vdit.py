@@ -10,6 +10,13 @@ Every parameter under `towers` is frozen and every other one trains: vdit_jax.tr
 `TRAINABLE` and `FROZEN` are the one split the train step, the optimizer and the
 checkpoints share.
 
+The work on a batch comes in two stages (`__call__` runs both): `encode_video`, everything
+that does not depend on the caption (VAE latents and the learned noise, the stride-4 level,
+the projected CLIP image tokens), and `decode`, the rest for each caption. `predict`,
+`predict_encoded` and `segment` take `video_index` so that the captions of one video share
+one encoding (vdit_jax/predict.py runs all expressions of a video window on one); the
+numbers equal separate runs.
+
 Batches are what the pipelines yield (data_pipelines/train_clips.py, eval_windows.py):
 frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) unpadded
 (h, w), annotated (B, T), and the caption's clip_ids / roberta_ids / roberta_mask
