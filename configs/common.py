@@ -362,6 +362,21 @@ def text_inputs() -> ml_collections.ConfigDict:
   ))
 
 
+def prediction() -> ml_collections.ConfigDict:
+  """`python -m vdit_jax.predict` and `vdit_jax.predict.Predictor` on users' videos; the
+  frames are resized and padded as `eval.preprocessing` says."""
+  return ml_collections.ConfigDict(dict(
+      # Frames per window: a longer video runs in windows of this many frames (its last
+      # window is its last `window` frames), so memory does not grow with its length; 36 is
+      # the original's Ref-DAVIS17 clip (VD-IT inference_davis.py) and the longest
+      # Ref-YouTube-VOS valid video.
+      window=36,
+      # Expressions whose text-dependent work runs in one batch (the UNet sees window x
+      # this many frames); more expressions run in further batches on the same encoding.
+      expressions_per_step=4,
+  ))
+
+
 def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.ConfigDict:
   """Fields every config has; callers fill in training and evaluation."""
   config = ml_collections.ConfigDict()
@@ -397,6 +412,7 @@ def base(dataset: str, raw_dir: str, *, seed: int = 42) -> ml_collections.Config
       text=text_inputs(),
   ))
   config.model = model()
+  config.predict = prediction()
   # Metrics (WORKDIR/metrics.jsonl, TensorBoard, the console line) every this many steps.
   config.log_every_steps = 50
   # Orbax checkpoints in WORKDIR/checkpoints/ (written asynchronously), the last
@@ -431,6 +447,7 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.eval.preprocessing.update(short_side=64, max_size=96,
                                    window=min(window, 5) if window else 4,
                                    frame_buckets=(4, 8), size_buckets=((64, 96), (96, 64)))
+  config.predict.update(window=4, expressions_per_step=2)
   config.log_every_steps = 1
   config.checkpoint_every_steps = 2
   config.sharding.min_shard_bytes = 1024

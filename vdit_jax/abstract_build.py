@@ -27,10 +27,16 @@ def host_rngs(seed: int = 0) -> nnx.Rngs:
   counter becomes a tracer, and flax's store then reads `tracer.sharding`, whose error
   message walks the whole trace: building the UNet abstractly becomes quadratic (26 s for
   a tiny config). A host counter stays concrete, so abstract builds stay linear.
+
+  Each read of a counter is a copy: flax's `RngStream.__call__` passes the count to
+  `random.fold_in` and then increments it in place, and JAX may read a numpy argument
+  asynchronously, without copying it (zero-copy on CPU), so a shared buffer made the keys,
+  and random towers built from one seed, differ from build to build.
   """
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
   for _, stream in nnx.iter_children(rngs):
     stream.count.set_value(np.zeros(stream.count.shape, np.uint32))
+    stream.count.set_metadata(on_get_value=lambda _, count: np.array(count))
   return rngs
 
 

@@ -10,6 +10,13 @@ Every parameter under `towers` is frozen and every other one trains: vdit_jax.tr
 `TRAINABLE` and `FROZEN` are the one split the train step, the optimizer and the
 checkpoints share.
 
+The work on a batch comes in two stages (`__call__` runs both): `encode_video`, everything
+that does not depend on the caption (VAE latents and the learned noise, the stride-4 level,
+the projected CLIP image tokens), and `decode`, the rest for each caption. `predict`,
+`predict_encoded` and `segment` take `video_index` so that the captions of one video share
+one encoding (vdit_jax/predict.py runs all expressions of a video window on one); the
+numbers equal separate runs.
+
 Batches are what the pipelines yield (data_pipelines/train_clips.py, eval_windows.py):
 frames (B, T, H, W, 3) uint8, pad_mask (B, H, W) True on padding, size (B, 2) unpadded
 (h, w), annotated (B, T), and the caption's clip_ids / roberta_ids / roberta_mask
@@ -25,12 +32,16 @@ from flax import nnx
 
 from vdit_jax import abstract_build, errors, losses, pretrained, sharding, towers, train_state
 from vdit_jax.models import head as head_lib
-from vdit_jax.models.extractor import TOWERS_USED, FeatureExtractor
+from vdit_jax.models.extractor import TOWERS_USED, FeatureExtractor, VideoEncoding
+
 # Which frames the head sees: all of the clip's, or (A2D / JHMDB, whose clips have one
 # annotated frame) only the annotated one, as the original selects `valid_indices`
 # (diffvos_cross.py:221-230).
 HEAD_FRAMES = ("all", "annotated")
 QUERIES = ("best", "all")
+# The per-video fields of a batch beside frames and pad_mask; the rest (the caption's tokens,
+# training targets) are per caption.
+VIDEO_FIELDS = ("size", "frame_valid", "annotated")
 
 
 class VDIT(nnx.Module):
@@ -57,6 +68,24 @@ class VDIT(nnx.Module):
     return self.extractor(self.towers, frames, pad_mask, clip_ids, rng=rng,
                           deterministic_latents=deterministic_latents)
 
+  def encode_video(self, frames: jax.Array, pad_mask: jax.Array, *,
+                   rng: jax.Array | None = None, deterministic_latents: bool = False
+                   ) -> VideoEncoding:
+    """The text-independent work on V videos (`FeatureExtractor.encode_video`): VAE latents
+    and the learned noise, the stride-4 level, the projected CLIP image tokens. Every
+    caption of a video shares it (`decode`, `predict(..., video_index=)`).
+
+    Args:
+      frames: (V, T, H, W, 3) uint8.
+      pad_mask: (V, H, W) bool, True on padding.
+      rng: the key of the VAE posterior sample (one sample per video, shared by its
+        captions); unused with deterministic_latents.
+      deterministic_latents: the posterior mean instead of a sample: reproducible, but a
+        deviation from the original, which samples (train_itcross_pn.py:330).
+    """
+    return self.extractor.encode_video(self.towers, frames, pad_mask, rng=rng,
+                                       deterministic_latents=deterministic_latents)
+
   def __call__(self, batch: Mapping[str, jax.Array], *, rng: jax.Array | None = None,
                deterministic_latents: bool = False):
     """The head's outputs (`ReferringHead.__call__`) and the features it ran on.
@@ -68,18 +97,37 @@ class VDIT(nnx.Module):
       (outputs, features): features are the 4 levels (B*T', h, w, C), T' = T, or 1 for
       head_frames="annotated" (then outputs have T' = 1 too).
     """
-    pyramid = self.extract_features(batch["frames"], batch["pad_mask"], batch["clip_ids"],
-                                    rng=rng, deterministic_latents=deterministic_latents)
+    video = self.encode_video(batch["frames"], batch["pad_mask"], rng=rng,
+                              deterministic_latents=deterministic_latents)
+    return self.decode(video, batch)
+
+  def decode(self, video: VideoEncoding, batch: Mapping[str, jax.Array], *,
+             video_index: jax.Array | None = None):
+    """The text-dependent work for N captions of encoded videos: CLIP text, the cross
+    attention, the UNet's tap blocks, the adapters, RoBERTa and the head.
+
+    Args:
+      video: `encode_video` of V videos of T frames.
+      batch: the captions' clip_ids, roberta_ids, roberta_mask (N, L), and the videos'
+        size (V, 2) and (head_frames="annotated") annotated (V, T).
+      video_index: (N,) int, the video of each caption; None: N == V, caption n on video n.
+
+    Returns:
+      As `__call__`, for the N captions.
+    """
+    rows = _video_rows(batch, video_index)
+    pyramid = self.extractor.pyramid(self.towers, video, batch["clip_ids"], video_index)
     features = list(pyramid.features)
-    b, t = batch["frames"].shape[:2]
-    pad_mask = jnp.broadcast_to(batch["pad_mask"][:, None], (b, t) + batch["pad_mask"].shape[1:])
+    pad_mask = video.pad_mask if video_index is None else video.pad_mask[video_index]
+    n, t = batch["clip_ids"].shape[0], video.noisy_latents.shape[1]
+    pad_mask = jnp.broadcast_to(pad_mask[:, None], (n, t) + pad_mask.shape[1:])
     if self.head_frames == "annotated":
-      rows = jnp.arange(b) * t + annotated_frame(batch)
-      features = [f[rows] for f in features]
+      frame = jnp.arange(n) * t + annotated_frame(rows)
+      features = [f[frame] for f in features]
       pad_mask = pad_mask[:, :1]
     text, _ = self.towers["roberta"](batch["roberta_ids"], batch["roberta_mask"])
     outputs = self.head(features, pad_mask, jax.lax.stop_gradient(text),
-                        batch["roberta_mask"].astype(bool), batch["size"])
+                        batch["roberta_mask"].astype(bool), rows["size"])
     return outputs, features
 
   def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array, *, matcher: Mapping[str, float],
@@ -119,40 +167,82 @@ class VDIT(nnx.Module):
     return dict(targets, sizes=batch["size"])
 
   def predict(self, batch: Mapping[str, jax.Array], *, queries: str,
-              rng: jax.Array | None = None, deterministic_latents: bool = False
-              ) -> dict[str, jax.Array]:
+              video_index: jax.Array | None = None, rng: jax.Array | None = None,
+              deterministic_latents: bool = False) -> dict[str, jax.Array]:
     """Mask probabilities at the padded input size, as vdit_jax/evaluation/prediction.py
     defines them: queries="best" (B, N, H, W) for the query of highest mean score over the
     valid frames and its score (B,); "all" (B, Q, N, H, W) and each query's score at the
-    annotated frame (B, Q)."""
+    annotated frame (B, Q).
+
+    With `video_index` (B,), the video fields (frames, pad_mask, size, frame_valid,
+    annotated) hold V videos and caption b runs on video video_index[b]: each video is
+    encoded once for all its captions (`encode_video`), with the numbers of B separate runs.
+    """
+    video = self.encode_video(batch["frames"], batch["pad_mask"], rng=rng,
+                              deterministic_latents=deterministic_latents)
+    return self.predict_encoded(video, batch, queries=queries, video_index=video_index)
+
+  def predict_encoded(self, video: VideoEncoding, batch: Mapping[str, jax.Array], *,
+                      queries: str, video_index: jax.Array | None = None
+                      ) -> dict[str, jax.Array]:
+    """`predict` on videos already encoded (`encode_video`); batch as `decode` takes it,
+    plus frame_valid (V, T) ("best") or annotated (V, T) ("all")."""
     if queries not in QUERIES:
       raise errors.ConfigError(f"queries must be one of {QUERIES}, got {queries!r}")
-    outputs, features = self(batch, rng=rng, deterministic_latents=deterministic_latents)
-    scores = jax.nn.sigmoid(outputs["pred_logits"][..., 0])  # (B, T', Q)
     if queries == "best":
-      weight = batch["frame_valid"].astype(jnp.float32)[:, :, None]
-      if self.head_frames == "annotated":
-        weight = jnp.ones_like(scores)
-      mean = (scores * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
-      best = jnp.argmax(mean, axis=-1)
-      masks = self._place(jax.nn.sigmoid(self.head.refine(outputs, features, best)), batch)
-      return {"masks": masks, "scores": jnp.take_along_axis(mean, best[:, None], 1)[:, 0]}
+      best = self.segment(video, batch, video_index=video_index)
+      return {"masks": best["masks"], "scores": best["scores"]}
+    outputs, features = self.decode(video, batch, video_index=video_index)
+    rows, t = _video_rows(batch, video_index), video.noisy_latents.shape[1]
+    scores = jax.nn.sigmoid(outputs["pred_logits"][..., 0])  # (B, T', Q)
     per_query = [self._place(jax.nn.sigmoid(self.head.refine(
-        outputs, features, jnp.full(scores.shape[:1], q, jnp.int32))), batch)
+        outputs, features, jnp.full(scores.shape[:1], q, jnp.int32))), rows, t)
                  for q in range(scores.shape[-1])]
-    frame = (annotated_frame(batch) if self.head_frames == "all"
+    frame = (annotated_frame(rows) if self.head_frames == "all"
              else jnp.zeros(scores.shape[:1], jnp.int32))
     at_frame = jnp.take_along_axis(scores, frame[:, None, None], axis=1)[:, 0]
     return {"masks": jnp.stack(per_query, axis=1), "scores": at_frame}
 
-  def _place(self, masks: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+  def segment(self, video: VideoEncoding, batch: Mapping[str, jax.Array], *,
+              video_index: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The best query of each caption (the original's choice per video,
+    inference_ytvos.py:213-219) with its score on every frame.
+
+    Args as `predict_encoded`, with frame_valid (V, T).
+
+    Returns:
+      masks (B, T, H, W) probabilities at the padded input size, scores (B,) the query's
+      mean score over the valid frames, frame_scores (B, T') its score per frame.
+    """
+    outputs, features = self.decode(video, batch, video_index=video_index)
+    rows, t = _video_rows(batch, video_index), video.noisy_latents.shape[1]
+    scores = jax.nn.sigmoid(outputs["pred_logits"][..., 0])  # (B, T', Q)
+    weight = rows["frame_valid"].astype(jnp.float32)[:, :, None]
+    if self.head_frames == "annotated":
+      weight = jnp.ones_like(scores)
+    mean = (scores * weight).sum(1) / jnp.maximum(weight.sum(1), 1.0)
+    best = jnp.argmax(mean, axis=-1)
+    masks = self._place(jax.nn.sigmoid(self.head.refine(outputs, features, best)), rows, t)
+    return {"masks": masks, "scores": jnp.take_along_axis(mean, best[:, None], 1)[:, 0],
+            "frame_scores": jnp.take_along_axis(scores, best[:, None, None], 2)[..., 0]}
+
+  def _place(self, masks: jax.Array, rows: Mapping[str, jax.Array], t: int) -> jax.Array:
     """(B, T', H, W) masks as (B, T, H, W): with head_frames="annotated" the one frame goes
     to its place in the window, zeros elsewhere."""
     if self.head_frames == "all":
       return masks
-    t = batch["frames"].shape[1]
-    at = jax.nn.one_hot(annotated_frame(batch), t, dtype=masks.dtype)
+    at = jax.nn.one_hot(annotated_frame(rows), t, dtype=masks.dtype)
     return at[:, :, None, None] * masks
+
+
+def _video_rows(batch: Mapping[str, jax.Array], video_index: jax.Array | None
+                ) -> dict[str, jax.Array]:
+  """The per-video fields of `batch` present (size, frame_valid, annotated), one row per
+  caption."""
+  rows = {k: batch[k] for k in VIDEO_FIELDS if k in batch}
+  if video_index is None:
+    return rows
+  return {k: jnp.take(v, video_index, axis=0) for k, v in rows.items()}
 
 
 def annotated_frame(batch: Mapping[str, jax.Array]) -> jax.Array:
