@@ -19,10 +19,8 @@ UNet again for every expression; VD-IT inference_ytvos.py runs the model per exp
 """
 
 import argparse
-import contextlib
 import statistics
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from configs import ytvos as ytvos_config
+from model_sizes import MID_TOWERS, traced_as_on_accelerators
 from data_pipelines import eval_windows
 from data_pipelines import transforms
 from vdit_jax import predict, towers
@@ -41,21 +40,6 @@ from vdit_jax.models.extractor import UNET_LEVELS
 SIZES = ("full", "mid", "tiny")
 # The frames each size runs, (T, H, W) before the evaluation's resize and padding.
 FRAMES = {"full": (5, 360, 640), "mid": (5, 176, 320), "tiny": (4, 64, 96)}
-# Between tiny and full: ModelScope's UNet at a quarter of its widths (bench/unet3d_forward.py),
-# the other towers at 256 wide, the paper's head.
-MID_TOWERS = dict(
-    unet=dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention_head_dim=32,
-              norm_num_groups=32, cross_attention_dim=256),
-    vae_encoder=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2,
-                     norm_num_groups=32),
-    clip_text=dict(vocab_size=49408, hidden_size=256, intermediate_size=1024,
-                   num_hidden_layers=6, num_attention_heads=4, hidden_act="gelu"),
-    clip_vision=dict(hidden_size=256, intermediate_size=1024, projection_dim=256,
-                     num_hidden_layers=8, num_attention_heads=4, image_size=224, patch_size=14,
-                     hidden_act="gelu"),
-    roberta=dict(vocab_size=50265, hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
-                 num_attention_heads=4),
-)
 TEXTS = ("the man holding a bike", "a dog running on the grass", "the red car on the left",
          "a person in a white shirt", "the smaller cat", "a bird on the fence")
 # The expressions per video of the FLOPs table (Ref-YouTube-VOS valid averages about 3.7).
@@ -101,15 +85,6 @@ def _vae(m, images):
 def _head(m, features, pad_mask, text, text_mask, sizes):
   outputs = m.head(features, pad_mask, text, text_mask, sizes)
   return m.head.refine(outputs, features, head_lib.select_query(outputs["pred_logits"]))
-
-
-@contextlib.contextmanager
-def traced_as_on_accelerators():
-  """The model traced as on GPUs and TPUs: on CPUs it runs long attention and the temporal
-  transformer's pixels in chunks under lax.map (vdit_jax/models/attention.py,
-  transformer_blocks.py), whose body XLA's cost analysis counts once, not per chunk."""
-  with mock.patch.object(jax, "default_backend", lambda: "gpu"):
-    yield
 
 
 def window_flops(config, size: str) -> tuple[dict[str, tuple[float, float]], dict]:

@@ -25,17 +25,15 @@ random weights, T frames at --height x --width. The process is pinned to --threa
 
 FLOPs: the released towers' architectures with configs/ytvos.py's adapters and head, built
 from shapes alone (nnx.eval_shape), each component lowered for T=5 frames at 384x640 and
-counted by XLA's HLO cost analysis (2 per multiply-add). Attention is counted on the path GPUs
-and TPUs take (jax.nn.dot_product_attention): the CPU path's lax.map over query blocks would
-be counted once per loop, not per block. Gathers (deformable attention's sampling) count no
-FLOPs.
+counted by XLA's HLO cost analysis (2 per multiply-add), traced as GPUs and TPUs run the
+model (model_sizes.traced_as_on_accelerators: the CPU paths' lax.map loops would be counted
+once, not per chunk). Gathers (deformable attention's sampling) count no FLOPs.
 
   python bench/model_forward.py [--frames 5] [--height 192] [--width 320] [--threads 2]
       [--no-flops]
 """
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -46,29 +44,14 @@ import numpy as np
 from flax import nnx
 
 from configs import ytvos as ytvos_config
+from model_sizes import MID_TOWERS, traced_as_on_accelerators
 from timing import alternating_medians
 from vdit_jax import xla_options
-from vdit_jax.models import attention as attention_lib
 from vdit_jax.models import head as head_lib
 from vdit_jax.models import vdit
 from vdit_jax.models.clip_preprocess import clip_pixels
 from vdit_jax.models.normalize import backbone_frames
 
-# The towers' structure (four UNet levels, the VAE's stride-4 tap, 257 CLIP image tokens) at
-# about a quarter of the released widths (RoBERTa keeps roberta-base's, which the head takes).
-MID_TOWERS = dict(
-    unet=dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2,
-              attention_head_dim=64, norm_num_groups=32, cross_attention_dim=256),
-    vae_encoder=dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2,
-                     norm_num_groups=32),
-    clip_text=dict(vocab_size=49408, hidden_size=256, intermediate_size=1024,
-                   num_hidden_layers=6, num_attention_heads=4, hidden_act="gelu"),
-    clip_vision=dict(hidden_size=320, intermediate_size=1280, projection_dim=256,
-                     num_hidden_layers=8, num_attention_heads=5, image_size=224,
-                     patch_size=14, hidden_act="gelu"),
-    roberta=dict(vocab_size=50265, hidden_size=768, intermediate_size=3072,
-                 num_hidden_layers=4, num_attention_heads=12),
-)
 FULL_SIZE = dict(num_frames=5, height=384, width=640)
 
 
@@ -205,18 +188,6 @@ def time_components(args) -> list[tuple[str, float, float, bool]]:
 
 # ---- FLOPs at full size ----
 
-@contextlib.contextmanager
-def accelerator_attention():
-  """vdit_jax/models/attention.py's unmasked attention on the GPU / TPU path while lowering
-  (see the module docstring)."""
-  cpu_path = attention_lib._cpu_attention
-  attention_lib._cpu_attention = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
-  try:
-    yield
-  finally:
-    attention_lib._cpu_attention = cpu_path
-
-
 def full_size_flops() -> list[tuple[str, float]]:
   """[(component, FLOPs)] + the whole predict, from shapes: the released towers with
   configs/ytvos.py's model, one clip of FULL_SIZE."""
@@ -227,7 +198,7 @@ def full_size_flops() -> list[tuple[str, float]]:
   inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
             for k, v in batch(**FULL_SIZE, config=config).items()}
   values, rows = dict(inputs), []
-  with accelerator_attention():
+  with traced_as_on_accelerators():
     for name, fn in COMPONENTS + ((WHOLE, _predict),):
       traced = _jitted(graphdef, fn).trace(state, inputs if fn is _predict else values)
       rows.append((name, traced.lower().cost_analysis()["flops"]))

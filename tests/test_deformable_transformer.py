@@ -5,7 +5,6 @@ F.grid_sample (tests/deformable_reference.py), weights moved by the project's co
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 from flax import nnx
 

@@ -412,10 +412,11 @@ def test_api_rejects_bad_frames_and_texts(tiny):
     next(predictor.stream(frames, "a cat"))
 
 
-def test_inference_bench_at_the_tiny_config(tiny, capsys):
+def test_inference_bench_at_the_tiny_config(tiny, capsys, monkeypatch):
   """bench/inference.py at the tiny config, one timing round: its FLOPs table (the
   components' sum against the two stages lowered whole, and fewer FLOPs per expression-frame
   with 4 expressions than the original's), and frames per second for 2 expressions."""
+  monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))  # Its shared bench modules.
   spec = importlib.util.spec_from_file_location(
       "bench_inference", os.path.join(REPO, "bench", "inference.py"))
   bench = importlib.util.module_from_spec(spec)

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 import orbax.checkpoint as ocp
 
 from configs import common
-from vdit_jax import abstract_build, backbone_format, errors, pretrained, sharding, towers
+from vdit_jax import backbone_format, errors, pretrained, sharding, towers
 
 
 @pytest.fixture(scope="module")
