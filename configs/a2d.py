@@ -24,5 +24,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.tiny:
     config = common.shrink_to_tiny(config)
   config.evals = ml_collections.ConfigDict(dict(
-      a2d=common.evaluator(config, every_steps=2000, num_videos=50)))
+      a2d=common.evaluator(config, every_steps=0 if args.tiny else 2000, num_videos=50)))
   return config

@@ -27,5 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.shrink_to_tiny(config)
     config.data.subsets = ("refcoco",)
   config.evals = ml_collections.ConfigDict(dict(
-      refcoco=common.evaluator(config, every_steps=5000, num_videos=200)))
+      refcoco=common.evaluator(config, every_steps=0 if args.tiny else 5000, num_videos=200)))
   return config

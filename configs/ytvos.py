@@ -29,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.tiny:
     config = common.shrink_to_tiny(config)
   # Ref-YouTube-VOS valid has no public masks: training is checked on Ref-DAVIS17, as the
-  # paper evaluates this model zero-shot.
+  # paper evaluates this model zero-shot (the tiny variant only when asked,
+  # --config.evals.davis.every_steps=N).
   config.evals = ml_collections.ConfigDict(dict(
-      davis=common.evaluator(davis.get_config(arg), every_steps=5000, num_videos=6)))
+      davis=common.evaluator(davis.get_config(arg), every_steps=0 if args.tiny else 5000,
+                             num_videos=6)))
   return config

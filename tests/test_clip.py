@@ -126,7 +126,8 @@ def test_directory_source_with_legacy_prefix_and_full_clip_model(tmp_path, text_
     np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
   legacy = {f"text_model.{k}": v.numpy() for k, v in src.state_dict().items()}
-  params = core.convert_tensors(legacy.items(), abstract_build.param_shapes(dst), convert.CLIP_TEXT_RULES)
+  params = core.convert_tensors(legacy.items(), abstract_build.param_shapes(dst),
+                               convert.CLIP_TEXT_RULES)
   assert len(params) == len(abstract_build.param_shapes(dst))
 
   full = transformers.CLIPModel(transformers.CLIPConfig(text_config=TINY_TEXT,

@@ -1,8 +1,8 @@
 """The diffusion feature extractor against PyTorch.
 
 The references are torch modules laid out like VD-IT's adapters (tests/extractor_reference.py,
-from `Text-To-Video-Finetuning/train_itcross_pn.py`: the same attribute names, so their state dict loads into ours with no
-renames) whose computations come from torch itself: `F.multi_head_attention_forward` for the
+from `Text-To-Video-Finetuning/train_itcross_pn.py`: the same attribute names, so their state
+dict loads into ours with no renames) whose computations come from torch itself: `F.multi_head_attention_forward` for the
 cross attention, nn.Conv2d / nn.Linear / nn.LayerNorm, diffusers' DDPMScheduler.add_noise and
 F.interpolate for the masks. The whole pyramid, at the tiny config's tower architectures, is
 compared with a torch pipeline of diffusers / transformers towers (converted into ours by

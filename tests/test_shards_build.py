@@ -294,7 +294,8 @@ def test_no_silent_overwrite(tmp_path, raw_roots, capsys):
     build.build("jhmdb", raw_roots["jhmdb"], "test", out, num_shards=1)
   capsys.readouterr()
   assert build.main(args) == 1
-  assert capsys.readouterr().err == f"error: {target} already exists; pass --overwrite to replace it\n"
+  assert capsys.readouterr().err == (f"error: {target} already exists; pass --overwrite to "
+                                     "replace it\n")
   assert _files(target) == before
   assert build.main(args + ["--num_shards", "1", "--overwrite"]) == 0
   after = _files(target)

@@ -359,7 +359,8 @@ def _randomized_into(torch_layer: torch.nn.Module, layer: nnx.Module):
   """Randomizes a diffusers layer and loads its weights into ours with the UNet's rules."""
   parity.randomized(torch_layer, 0.3)
   items = ((k, v.numpy()) for k, v in torch_layer.state_dict().items())
-  core.load_params(layer, core.convert_tensors(items, abstract_build.param_shapes(layer), UNET3D_RULES))
+  core.load_params(layer, core.convert_tensors(items, abstract_build.param_shapes(layer),
+                                               UNET3D_RULES))
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal", "temporal_conv"])

@@ -111,7 +111,8 @@ def test_sd_vae_size_and_rules_cover_diffusers_state_dict():
 def test_legacy_attention_names_convert():
   """Pre-0.14 checkpoints name the mid-block attention query/key/value/proj_attn."""
   config = VAEEncoderConfig.from_diffusers(dict(TINY_CONFIG))
-  targets = abstract_build.param_shapes(nnx.eval_shape(lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0))))
+  targets = abstract_build.param_shapes(nnx.eval_shape(
+      lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0))))
   torch.manual_seed(0)
   state = AutoencoderKL(**TINY_CONFIG).state_dict()
   legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}

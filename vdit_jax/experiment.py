@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
 from vdit_jax import checkpoints, sharding, tokenizers, train, train_state
-from vdit_jax.evaluation import runner
+from vdit_jax.evaluation import in_training, runner
 from vdit_jax.models import vdit
 
 
@@ -28,15 +28,27 @@ def caption_tokenizer(config) -> tokenizers.CaptionTokenizer:
 
 
 def run_train(config, workdir: str) -> train.Outcome:
-  """Trains to the end of the schedule (or a stop signal), resuming from the workdir."""
+  """Trains to the end of the schedule (or a stop signal), resuming from the workdir, with
+  the in-training evaluators of config.evals."""
+  tokenize = caption_tokenizer(config)
+  evaluators = in_training.make_evaluators(config, workdir, tokenize)
+
+  def evaluate(step, rules, parts):
+    figures, images = {}, {}
+    for evaluator in (e for e in evaluators if e.due(step)):
+      more_figures, more_images = evaluator.run(
+          predict_function(evaluator.config, rules, parts), step)
+      figures.update(more_figures)
+      images.update(more_images)
+    return figures, images
+
   return train.train(
       config, workdir,
       make_model=lambda rules: vdit.build(config, rules=rules),
       loss_fn=lambda model, batch, rng: model.loss(batch, rng, **config.loss),
-      make_data=functools.partial(pipeline.make_train_iter, config,
-                                  tokenize=caption_tokenizer(config)),
+      make_data=functools.partial(pipeline.make_train_iter, config, tokenize=tokenize),
       steps_per_epoch=pipeline.steps_per_epoch(config),
-      backbone=checkpoints.backbone_reference(config.model, config.seed))
+      backbone=checkpoints.backbone_reference(config.model, config.seed), evaluate=evaluate)
 
 
 def _model_for_inference(config, path: str):
@@ -52,14 +64,16 @@ def _model_for_inference(config, path: str):
 
 
 def predict_function(config, rules: sharding.Rules, parts: train_state.Parts):
-  """The evaluators' predict_fn (vdit_jax/evaluation/prediction.py) for trained `parts`.
+  """The evaluators' predict_fn (vdit_jax/evaluation/prediction.py) for trained `parts`, in
+  eval mode whatever mode they were split in (dropout off).
 
   Latents are the VAE posterior's samples, as the original's inference draws them, from
   keys folded from config.seed and the call count, or its mean with
-  config.eval.deterministic_latents.
+  config.eval.deterministic_latents. Fields read: seed, eval.
   """
   def predict(params, frozen, rest, batch, key):
     model = nnx.merge(parts.graphdef, params, frozen, rest)
+    model.eval()
     return model.predict(batch, queries=config.eval.queries, rng=key,
                          deterministic_latents=config.eval.deterministic_latents)
 

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Mapping, Sequence, TextIO
 
+import numpy as np
 import tensorboardX
 
 CONSOLE_EVERY_SECONDS = 60.0
@@ -59,6 +60,13 @@ class MetricsWriter:
     for name, value in values.items():
       self._tb.add_scalar(name, value, step)
     self._console(step, values)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """(h, w, 3) uint8 images of `step` (mask overlays of the evaluators) to TensorBoard."""
+    if not self._active:
+      return
+    for name, image in images.items():
+      self._tb.add_image(name, image, step, dataformats="HWC")
 
   def _console(self, step: int, values: Mapping[str, float]) -> None:
     now = time.monotonic()

@@ -1,7 +1,8 @@
 r"""The memory planner: what a training step costs per device, from shapes alone.
 
   python -m vdit_jax.plan --config=configs/ytvos.py --mesh=data:1,fsdp:8 \
-      [--frames=5 --height=384 --width=640] [--batch_size=N] [--config.model.towers.unet.remat=True ...]
+      [--frames=5 --height=384 --width=640] [--batch_size=N] \
+      [--config.model.towers.unet.remat=True ...]
 
 builds the model of the config with its released tower architectures (random towers for a
 config that names them, such as `:tiny`) as shapes only (`nnx.eval_shape`, no weights),

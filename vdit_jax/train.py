@@ -19,6 +19,8 @@ process calls it after `jax.distributed.initialize()`). What the model side prov
       `functools.partial(data_pipelines.pipeline.make_train_iter, config, tokenize=...)`.
   steps_per_epoch: the dataset's samples // config.data.batch_size.
   backbone: `checkpoints.backbone_reference(config.model, seed)`.
+  evaluate: optional, the in-training evaluators (`Evaluate`); their figures and images go
+      to the logs of the step.
 
 WORKDIR gets config.json (config, mesh, device and process counts), metrics.jsonl,
 tensorboard/ and checkpoints/ (vdit_jax.checkpoints). A workdir with checkpoints resumes
@@ -39,6 +41,12 @@ from flax import nnx
 
 from vdit_jax import checkpoints, errors, losses, metrics_writer, optim, preemption, sharding
 from vdit_jax import train_state, train_step
+
+
+# evaluate(step, rules, parts) -> (figures, images) on the model `parts` (its params the
+# current trainable parameters); every process calls it after the step's checkpoint.
+Evaluate = Callable[[int, sharding.Rules, train_state.Parts],
+                    tuple[Mapping[str, float], Mapping[str, Any]]]
 
 
 class NonFiniteError(errors.UserError):
@@ -88,7 +96,7 @@ def _overview(parts: train_state.Parts) -> str:
 def train(config, workdir: str, *, make_model: Callable[[sharding.Rules], nnx.Module],
           loss_fn: train_step.LossFn,
           make_data: Callable[[int, int], grain.DatasetIterator], steps_per_epoch: int,
-          backbone: Mapping[str, Any]) -> Outcome:
+          backbone: Mapping[str, Any], evaluate: Evaluate | None = None) -> Outcome:
   """Trains to the end of the schedule (or a stop signal) from the latest checkpoint.
 
   Args: see the module docstring.
@@ -192,6 +200,12 @@ def train(config, workdir: str, *, make_model: Callable[[sharding.Rules], nnx.Mo
           tick, tick_step, data_wait = now, step, 0.0
         preempted = stop.requested or ckpt.reached_preemption(step)
         ckpt.save(step, state, data, force=preempted or step == total_steps)
+        if evaluate is not None and not preempted:
+          figures, images = evaluate(step, rules, dataclasses.replace(parts,
+                                                                      params=state["params"]))
+          if figures:
+            writer.write(step, figures)
+            writer.write_images(step, images)
         if preempted:
           writer.note(f"stopped at step {step}; checkpoint {ckpt.directory}/{step}")
           break

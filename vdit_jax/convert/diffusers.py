@@ -58,5 +58,6 @@ def vae_encoder_from_diffusers(src, *, dtype=jnp.float32, param_dtype=jnp.float3
   """The encoder + quant_conv of a diffusers AutoencoderKL (module or directory)."""
   config_dict, items, name = io.read_model(src)
   config = VAEEncoderConfig.from_diffusers(config_dict, **config_overrides)
-  make = lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0), dtype=dtype, param_dtype=param_dtype)
+  make = lambda: VAEEncoder(config, rngs=abstract_build.host_rngs(0), dtype=dtype,
+                            param_dtype=param_dtype)
   return core.build_with_weights(make, items, VAE_ENCODER_RULES, f"AutoencoderKL encoder ({name})")

@@ -60,10 +60,13 @@ class Evaluator:
 
 def make_evaluators(config: ml_collections.ConfigDict, workdir: str,
                     tokenize: decoding.Tokenize | None = None) -> list[Evaluator]:
-  """The evaluators of config.evals (of trained configs); their benchmarks' inputs (e.g. the
-  DAVIS folder) are checked now, not at the first evaluation."""
+  """The evaluators of config.evals (of trained configs) that ever run (every_steps > 0);
+  their benchmarks' inputs (e.g. the DAVIS folder) are checked now, not at the first
+  evaluation."""
   evaluators = []
   for name, entry in sorted(config.evals.items()):
+    if entry.every_steps <= 0:
+      continue
     sub = ml_collections.ConfigDict(dict(seed=config.seed, data=entry.data, eval=entry.eval))
     runner.make_benchmark(sub, os.path.join(workdir, "eval", name))
     evaluators.append(Evaluator(name=name, config=sub, workdir=workdir,
