@@ -1,6 +1,7 @@
 """The README's tiny run end to end through the command line, on one CPU device: the synthetic
-Ref-YouTube-VOS twin, its shards, two training steps, the export and the evaluation that
-writes the submission (the commands a new user types, in a temporary directory)."""
+Ref-YouTube-VOS twin, its shards, two training steps with the in-training Ref-DAVIS17
+evaluator, the export and the evaluation that writes the submission (the commands a new user
+types, in a temporary directory)."""
 
 import json
 import os
@@ -30,20 +31,28 @@ def _run(cwd, *args, timeout=900):
 def workdir(tmp_path_factory):
   """Data prepared as README's Quick start does, then two training steps."""
   root = tmp_path_factory.mktemp("e2e")
-  _run(root, "data_pipelines.synthetic", "--dataset", "ytvos", "--out", "data/synthetic/ytvos")
-  for split in ("train", "valid"):
-    _run(root, "data_pipelines.build", "--dataset", "ytvos", "--raw", "data/synthetic/ytvos",
-         "--split", split, "--out", "data/synthetic_shards/ytvos")
-  _run(root, "vdit_jax.main", CONFIG, "--workdir=wd", "--config.schedule.max_steps=2")
+  for dataset, splits in (("ytvos", ("train", "valid")), ("davis", ("valid",))):
+    _run(root, "data_pipelines.synthetic", "--dataset", dataset, "--out",
+         f"data/synthetic/{dataset}")
+    for split in splits:
+      _run(root, "data_pipelines.build", "--dataset", dataset, "--raw",
+           f"data/synthetic/{dataset}", "--split", split, "--out",
+           f"data/synthetic_shards/{dataset}")
+  _run(root, "vdit_jax.main", CONFIG, "--workdir=wd", "--config.schedule.max_steps=2",
+       "--config.evals.davis.every_steps=2", "--config.evals.davis.num_videos=1")
   return root / "wd"
 
 
 def test_training_logs_and_checkpoints(workdir):
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines] == [1, 2]
-  for line in lines:
+  train_lines = [l for l in lines if "loss" in l]
+  assert [l["step"] for l in train_lines] == [1, 2]
+  for line in train_lines:
     assert all(line[k] == line[k] for k in ("loss", "ce", "dice", "mask", "giou"))  # not NaN
     assert line["nonfinite_total"] == 0
+  evaluated = [l for l in lines if any(k.startswith("davis/") for k in l)]
+  assert [l["step"] for l in evaluated] == [2]
+  assert (workdir / "eval" / "davis" / "results.json").exists()
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
 
 
