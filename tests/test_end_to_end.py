@@ -11,10 +11,6 @@ import zipfile
 
 import pytest
 
-# Two subprocesses compile the whole tiny model (train step, predict): several minutes on 2
-# cores, so this runs on request: python -m pytest -m slow tests
-pytestmark = pytest.mark.slow
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = f"--config={REPO}/configs/ytvos.py:tiny"
 

@@ -361,7 +361,7 @@ def _bad_inputs(tmp_path, export, mp4, folder):
       "missing checkpoint": (["--checkpoint", tmp_path / "nowhere"],
                              f"error: {tmp_path / 'nowhere'}: no such checkpoint directory"),
       "config mismatch": (["--config", other_config],
-                          f"error: {export}: its parameters do not fit this model"),
+                          f"error: {export}: its trainable parameters do not fit this model"),
       "backbone mismatch": (["--checkpoint", other_backbone],
                             f"error: {other_backbone} was trained on another frozen backbone"),
   }
