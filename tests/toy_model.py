@@ -1,26 +1,21 @@
-"""A toy model, loss and data with the contract `vdit_jax.train.train` asks of VD-IT, and a
-command that trains it (the tests' subprocesses: restarts, SIGTERM, two processes).
+"""A toy model, loss and data with the contract `vdit_jax.train.train` asks of VD-IT, for
+the training system's quick in-process tests (tests/vdit_tiny.py trains VD-IT itself).
 
 The model has frozen `towers` (a conv and a dense layer with dropout, like the UNet's
 temporal dropout) and trainable layers after them; the loss normalises by the batch's valid
-examples, as VD-IT's by its valid frames. The data is a grain pipeline whose global batch at
-each step does not depend on the process count: process p of n gets rows
-[p B/n, (p+1) B/n) of it.
-
-  python tests/toy_model.py --workdir DIR --max_steps N [--devices 8] [--mesh data:2,fsdp:4]
-      [--record FILE] [--coordinator HOST:PORT --num_processes 2 --process_id I]
+examples, as VD-IT's by its valid frames. The data are global batches
+(tests/global_batches.py) of random examples.
 """
 
-import argparse
-import hashlib
-import os
-import sys
+import functools
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+import global_batches
 
 SIZE = 16  # Frames are (SIZE, SIZE, 3).
 BACKBONE = {"toy_towers": "conv3x3-64, dense-256", "seed": 0}
@@ -81,52 +76,17 @@ class _Example(grain.transforms.Map):
             "caption": f"sample {index}"}
 
 
-class _ProcessRows(grain.transforms.MapWithIndex):
-  """A global batch -> this process's rows; NaN targets from batch `poison_from` on."""
-
-  def __init__(self, process_index: int, process_count: int, poison_from: int | None):
-    self._index, self._count, self._poison = process_index, process_count, poison_from
-
-  def map_with_index(self, index, batch):
-    rows = len(batch["index"]) // self._count
-    part = {k: v[self._index * rows:(self._index + 1) * rows] for k, v in batch.items()}
-    if self._poison is not None and index >= self._poison:
-      part["target"] = np.full_like(part["target"], np.nan)
-    return part
-
-
-def digest(batch) -> str:
-  return hashlib.sha256(b"".join(np.ascontiguousarray(batch[k]).tobytes()
-                                 for k in ("frames", "target", "valid", "index"))).hexdigest()
-
-
-class Recording(grain.DatasetIterator):
-  """Appends the digest of every batch it yields to a file."""
-
-  def __init__(self, parent: grain.DatasetIterator, path: str):
-    super().__init__(parent)
-    self._path = path
-
-  def __next__(self):
-    batch = next(self._parent)
-    with open(self._path, "a", encoding="utf-8") as f:
-      f.write(digest(batch) + "\n")
-    return batch
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
+def _poison(part):
+  return dict(part, target=np.full_like(part["target"], np.nan))
 
 
 def make_data(process_index: int, process_count: int, *, batch_size: int, seed: int,
               record: str | None = None, poison_from: int | None = None):
-  ds = (grain.MapDataset.range(100_000).shuffle(seed=seed).map(_Example())
-        .batch(batch_size, drop_remainder=True)
-        .map_with_index(_ProcessRows(process_index, process_count, poison_from)))
-  iterator = iter(ds.to_iter_dataset())
-  return Recording(iterator, record) if record else iterator
+  """Global batches of toy examples (tests/global_batches.py); NaN targets from batch
+  `poison_from` on."""
+  return global_batches.make_data(process_index, process_count, example=_Example(),
+                                  batch_size=batch_size, seed=seed, record=record,
+                                  poison_from=poison_from, poison=_poison)
 
 
 def config(max_steps: int, mesh=(("data", 2), ("fsdp", 4))):
@@ -145,41 +105,9 @@ STEPS_PER_EPOCH = 4
 
 
 def run(workdir: str, c, *, record: str | None = None, poison_from: int | None = None):
-  import functools
   from vdit_jax import train
   return train.train(
       c, workdir, make_model=functools.partial(make_model, seed=c.seed), loss_fn=loss_fn,
       make_data=functools.partial(make_data, batch_size=c.data.batch_size, seed=c.seed,
                                   record=record, poison_from=poison_from),
       steps_per_epoch=STEPS_PER_EPOCH, backbone=BACKBONE)
-
-
-def main(argv) -> int:
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--max_steps", type=int, required=True)
-  parser.add_argument("--devices", type=int, default=8)
-  parser.add_argument("--mesh", default="data:2,fsdp:4")
-  parser.add_argument("--checkpoint_every_steps", type=int, default=2)
-  parser.add_argument("--record")
-  parser.add_argument("--coordinator")
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--process_id", type=int, default=0)
-  args = parser.parse_args(argv)
-  jax.config.update("jax_num_cpu_devices", args.devices)
-  if args.coordinator:
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                               initialization_timeout=60)
-  mesh = [(name, int(size)) for name, size in (a.split(":") for a in args.mesh.split(","))]
-  c = config(args.max_steps, mesh)
-  c.checkpoint_every_steps = args.checkpoint_every_steps
-  outcome = run(args.workdir, c, record=args.record)
-  print(f"done: step {outcome.step} preempted {outcome.preempted}", flush=True)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()
-  sys.exit(main(sys.argv[1:]))
