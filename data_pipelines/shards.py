@@ -275,6 +275,6 @@ def process_shards(shards: list[str], process_index: int, process_count: int) ->
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   if len(shards) < process_count:
-    raise ValueError(f"{len(shards)} shards cannot feed {process_count} processes: rebuild with "
+    raise ShardError(f"{len(shards)} shards cannot feed {process_count} processes: rebuild with "
                      f"--num_shards >= {process_count}")
   return list(shards[process_index::process_count])

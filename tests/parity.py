@@ -13,6 +13,8 @@ from vdit_jax import xla_options
 # Tests compile at XLA's lowest optimisation level: half the compile time of the default on
 # these graphs, and numerics stay within the parity tolerance.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# The same as XLA_FLAGS, for the tests' subprocesses.
+FAST_COMPILE_FLAGS = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())
 
 
 def compiled(fn, *args):

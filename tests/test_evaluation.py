@@ -13,7 +13,6 @@ run for the two-process one.
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import torch
 
 import eval_config
 import eval_oracle
+import subprocesses
 from data_pipelines import build
 from data_pipelines import eval_windows
 from data_pipelines import pipeline
@@ -242,12 +242,6 @@ def test_bucketed_shapes_give_the_exact_shapes_results(twins, tmp_path, dataset,
   assert 0 < runs[True]["figures"]["J&F" if dataset == "ytvos" else "J&F-Mean"] < 1
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_write_the_results_of_one(twins, tmp_path, num_devices):
   """Two JAX processes (2 CPU devices each) and this one (8 devices) evaluate the same
   imperfect predictions through a jitted reduction over the global batch."""
@@ -256,7 +250,7 @@ def test_two_processes_write_the_results_of_one(twins, tmp_path, num_devices):
   mesh = jax.make_mesh((num_devices,), ("data",))
   one, _, _ = _evaluate(config, tmp_path / "one",
                         eval_oracle.collective(_oracle(twins, dataset, config, shift), mesh))
-  settings = {"coordinator": f"localhost:{_free_port()}", "num_processes": 2,
+  settings = {"coordinator": f"localhost:{subprocesses.free_port()}", "num_processes": 2,
               "dataset": dataset, "split": SPLITS[dataset], "raw": str(twins / "raw" / dataset),
               "shards_dir": str(twins / "shards" / dataset), "davis_dir": "",
               "out_dir": str(tmp_path / "two"), "shift": shift, "step": STEP}
@@ -266,12 +260,7 @@ def test_two_processes_write_the_results_of_one(twins, tmp_path, num_devices):
                                json.dumps(settings), str(p)], env=env, cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p in range(2)]
-  try:
-    outputs = [w.communicate(timeout=120)[0] for w in workers]
-  finally:
-    for w in workers:
-      w.kill()
-  assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+  outputs = subprocesses.outputs(workers, timeout=120)
   assert "predict steps on each of 2 processes" in outputs[0]
   with open(tmp_path / "two" / "results.json") as f:
     two = json.load(f)

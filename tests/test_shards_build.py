@@ -208,7 +208,9 @@ def test_process_shards_are_disjoint_and_cover(count):
 def test_process_shards_rejects_bad_arguments():
   with pytest.raises(ValueError, match="process_index 2 not in"):
     shards.process_shards(["a", "b", "c"], 2, 2)
-  with pytest.raises(ValueError, match="2 shards cannot feed 3 processes"):
+  # Too few shards is the user's to fix (a rebuild): a ShardError, which commands print
+  # without a traceback (vdit_jax/errors.py).
+  with pytest.raises(shards.ShardError, match="2 shards cannot feed 3 processes"):
     shards.process_shards(["a", "b"], 0, 3)
 
 

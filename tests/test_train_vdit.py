@@ -7,7 +7,6 @@ distinct program compiles once."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from vdit_jax import checkpoints, sharding, train_state
 from vdit_jax.models import vdit
 
 import saved_state
+import subprocesses
 import vdit_tiny
 
 # The tests share two runs and the compilation cache: one xdist worker runs them.
@@ -35,21 +35,12 @@ def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def _env(cache):
-  """The runs' environment: the shared compilation cache, and LLVM's cheapest code
-  generation (compiling dominates a few tiny steps)."""
-  return dict(os.environ, PYTHONPATH=vdit_tiny.REPO, JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-              XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-              " --xla_llvm_disable_expensive_passes=true")
-
-
 def _start(cache, workdir, *args, log):
   """tests/vdit_tiny.py in a subprocess, its output in the file `log`."""
   with open(log, "w") as out:
     return subprocess.Popen([sys.executable, COMMAND, f"--workdir={workdir}", *args],
-                            env=_env(cache), stdout=out, stderr=subprocess.STDOUT, text=True)
+                            env=subprocesses.env(cache), stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(procs, logs, timeout=600):
@@ -99,9 +90,7 @@ def straight(cache, tmp_path_factory):
 def two_processes(cache, tmp_path_factory):
   """Two processes of 4 CPU devices each (jax.distributed, gloo) on a (data 2, fsdp 4) mesh,
   the second sent SIGTERM after the first step: (workdir, step each says it stopped at)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = subprocesses.free_port()
   root = tmp_path_factory.mktemp("two_processes")
   logs = [root / f"log{i}.txt" for i in range(2)]
   procs = [_start(cache, root / "run", f"--max_steps={STEPS}", "--checkpoint_every_steps=1000",

@@ -68,8 +68,21 @@ def test_sample_is_mean_plus_std_times_normal_of_the_key(tiny):
   sample = np.asarray(posterior.sample(key))
   eps = np.asarray(jax.random.normal(key, sample.shape))
   parity.assert_close(sample, _nhwc(torch_posterior.mean) + _nhwc(torch_posterior.std) * eps)
-  np.testing.assert_array_equal(sample, np.asarray(posterior.sample(key)))
   assert np.abs(sample - np.asarray(posterior.sample(jax.random.key(4)))).max() > 1e-3
+
+
+def test_per_video_keys_make_a_videos_sample_independent_of_its_batch(tiny):
+  """Keys (V,) draw each video's eps alone: video 1 sampled in a batch of two equals video 1
+  sampled by itself with its key, and each is torch's mean + std x that key's normal."""
+  torch_posterior, _, (posterior, _) = tiny
+  keys = jax.random.split(jax.random.key(5), 2)
+  batch = np.asarray(posterior.sample(keys))
+  alone = np.asarray(DiagonalGaussian(posterior.moments[1:]).sample(keys[1:]))
+  np.testing.assert_array_equal(batch[1:], alone)
+  eps = np.concatenate([np.asarray(jax.random.normal(k, (1,) + batch.shape[1:])) for k in keys])
+  parity.assert_close(batch, _nhwc(torch_posterior.mean) + _nhwc(torch_posterior.std) * eps)
+  with pytest.raises(ValueError, match="3 keys for 2 rows"):
+    posterior.sample(jax.random.split(jax.random.key(5), 3))
 
 
 def test_logvar_is_clamped_to_minus30_20():

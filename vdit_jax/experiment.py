@@ -8,7 +8,6 @@ for random towers).
 """
 
 import functools
-import itertools
 from typing import Any, Mapping
 
 from absl import logging
@@ -19,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
 from vdit_jax import checkpoints, sharding, tokenizers, train, train_state
-from vdit_jax.evaluation import in_training, runner
+from vdit_jax.evaluation import in_training, prediction, runner
 from vdit_jax.models import vdit
 
 
@@ -67,24 +66,24 @@ def predict_function(config, rules: sharding.Rules, parts: train_state.Parts):
   """The evaluators' predict_fn (vdit_jax/evaluation/prediction.py) for trained `parts`, in
   eval mode whatever mode they were split in (dropout off).
 
-  Latents are the VAE posterior's samples, as the original's inference draws them, from
-  keys folded from config.seed and the call count, or its mean with
+  Latents are the VAE posterior's samples, as the original's inference draws them, each
+  window's from config.seed and the window's identity (prediction.window_seeds), so that
+  the results do not depend on batching or the process count; or the posterior mean with
   config.eval.deterministic_latents. Fields read: seed, eval.
   """
-  def predict(params, frozen, rest, batch, key):
+  def predict(params, frozen, rest, batch, window_seeds):
     model = nnx.merge(parts.graphdef, params, frozen, rest)
     model.eval()
-    return model.predict(batch, queries=config.eval.queries, rng=key,
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(config.seed), window_seeds)
+    return model.predict(batch, queries=config.eval.queries, rng=keys,
                          deterministic_latents=config.eval.deterministic_latents)
 
   jitted = jax.jit(predict, out_shardings=rules.batch)
-  seed_key = jax.random.PRNGKey(config.seed)
-  calls = itertools.count()
 
   def predict_fn(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    arrays = rules.shard_batch(batch)
-    out = jitted(parts.params, parts.frozen, parts.rest, arrays,
-                 jax.random.fold_in(seed_key, next(calls)))
+    arrays = rules.shard_batch(dict(batch, window_seeds=prediction.window_seeds(batch)))
+    seeds = arrays.pop("window_seeds")
+    out = jitted(parts.params, parts.frozen, parts.rest, arrays, seeds)
     return {k: np.asarray(multihost_utils.global_array_to_host_local_array(
         v, rules.mesh, rules.batch.spec)) for k, v in out.items()}
 

@@ -15,6 +15,10 @@ with the same shapes in the same order, so the processes' rows can form one glob
 (`global_batch`) and collectives inside the model cannot hang; `local_rows` brings a global
 result back to this process's rows.
 
+A model that draws random numbers (VD-IT samples the VAE posterior) draws each window's from
+`window_seeds(batch)`, a number per window from its identity alone: then results do not
+depend on the batch a window lands in, and so not on the process count either.
+
 It returns, for this process's rows in batch order (numpy or JAX arrays), with
 config.eval.queries
   "best" (Ref-YouTube-VOS, Ref-DAVIS17; VD-IT inference_ytvos.py:213-219):
@@ -31,6 +35,7 @@ The evaluators crop the padding, resize to the original frame size and threshold
 """
 
 from typing import Callable
+import zlib
 
 import jax
 from jax.experimental import multihost_utils
@@ -77,6 +82,13 @@ def check_outputs(outputs: dict, batch: Batch, queries: str) -> dict[str, np.nda
       _fail(f"{name} must be probabilities in [0, 1], got values in [{rows.min()}, "
             f"{rows.max()}]")
   return {"masks": masks, "scores": scores}
+
+
+def window_seeds(batch: Batch) -> np.ndarray:
+  """(B,) uint32: a hash of each window's split, video_id, exp_id and window index."""
+  fields = zip(*(np.asarray(batch[k]).tolist() for k in ("split", "video_id", "exp_id",
+                                                          "window")))
+  return np.array([zlib.crc32("\0".join(map(str, f)).encode()) for f in fields], np.uint32)
 
 
 def global_batch(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh,

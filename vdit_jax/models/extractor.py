@@ -223,8 +223,9 @@ class FeatureExtractor(nnx.Module):
       towers: name -> frozen tower module; uses "vae_encoder" and "clip_vision".
       frames: (V, T, H, W, 3) uint8, as the pipelines yield them.
       pad_mask: (V, H, W) bool, True on padding.
-      rng: the key of the VAE posterior sample (the original samples); unused when the
-        latents are the posterior mean.
+      rng: the key of the VAE posterior sample (the original samples), or (V,) typed keys,
+        one per video (`vae.DiagonalGaussian.sample`); unused when the latents are the
+        posterior mean.
       deterministic_latents: use the posterior mean even where `sample_latents` is set (a
         deviation from the original, for reproducible inference).
     """

@@ -80,8 +80,20 @@ class DiagonalGaussian:
     return self.mean
 
   def sample(self, rng: jax.Array) -> jax.Array:
-    """mean + std * eps, eps ~ N(0, 1) drawn from `rng`: (N, h, w, latent)."""
+    """mean + std * eps, eps ~ N(0, 1): (N, h, w, latent).
+
+    rng: one key drawing all of eps, or (G,) typed keys (jax.random.key), G dividing N, key
+      g drawing the eps of rows [g N / G, (g + 1) N / G): one key per video of N / G frames,
+      so that a video's sample does not depend on the batch it is in.
+    """
     mean = self.mean
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1:
+      groups = rng.shape[0]
+      if mean.shape[0] % groups:
+        raise ValueError(f"DiagonalGaussian.sample: {groups} keys for {mean.shape[0]} rows")
+      rows = (mean.shape[0] // groups,) + mean.shape[1:]
+      eps = jax.vmap(lambda key: jax.random.normal(key, rows, mean.dtype))(rng)
+      return mean + self.std * eps.reshape(mean.shape)
     return mean + self.std * jax.random.normal(rng, mean.shape, mean.dtype)
 
 

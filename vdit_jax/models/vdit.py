@@ -79,7 +79,7 @@ class VDIT(nnx.Module):
       frames: (V, T, H, W, 3) uint8.
       pad_mask: (V, H, W) bool, True on padding.
       rng: the key of the VAE posterior sample (one sample per video, shared by its
-        captions); unused with deterministic_latents.
+        captions), or (V,) typed keys, one per video; unused with deterministic_latents.
       deterministic_latents: the posterior mean instead of a sample: reproducible, but a
         deviation from the original, which samples (train_itcross_pn.py:330).
     """
